@@ -1,0 +1,105 @@
+"""`perfwatch-exporter`: serve host and perf-event metrics for Prometheus."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from exporter import __version__
+from exporter.collectors.base import Collector
+from exporter.config import ConfigError, parse_listen
+from exporter.logs import LEVELS, setup_logging
+from exporter.scrape import CollectorSet, build_registry
+from exporter.settings import DEFAULT_PORT, load_settings
+from exporter.web import WebServer, landing_page, metrics_handler, text_handler
+
+log = logging.getLogger("exporter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perfwatch-exporter",
+        description="Expose host metrics (psutil, /proc, /sys) and Linux perf-event counters "
+        "on /metrics for Prometheus.",
+        epilog="Command-line options override the config file. Every config key is documented "
+        "in README.md (Configuration).",
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help=f"address to serve on (default :{DEFAULT_PORT}, every interface)")
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (collectors and their options)")
+    parser.add_argument("--log-level", choices=LEVELS, help="log verbosity (default info)")
+    parser.add_argument("--list-collectors", action="store_true",
+                        help="print every collector, whether it is enabled, and exit")
+    parser.add_argument("--version", action="version", version=f"perfwatch-exporter {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings, collector_settings = load_settings(args.config)
+        listen = args.listen or settings.listen
+        try:
+            host, port = parse_listen(listen)
+        except ValueError as err:
+            raise ConfigError("--listen" if args.listen else "listen", str(err)) from None
+    except ConfigError as err:
+        print(f"perfwatch-exporter: config error: {err}", file=sys.stderr)
+        return 2
+
+    if args.list_collectors:
+        from exporter.collectors import REGISTRY
+
+        for name, entry in collector_settings.items():
+            state = "enabled " if entry.enabled else "disabled"
+            print(f"{name:<12} {state}  {REGISTRY[name].description}")
+        return 0
+
+    setup_logging(args.log_level or settings.log_level)
+    paths = settings.paths
+    paths.apply_to_psutil()
+
+    from exporter.collectors import REGISTRY
+
+    collectors: list[Collector] = [
+        REGISTRY[name](entry.options, paths) for name, entry in collector_settings.items() if entry.enabled
+    ]
+    collector_set = CollectorSet(collectors)
+    registry = build_registry(collector_set, version=__version__)
+    routes = {
+        "/metrics": metrics_handler(registry),
+        "/-/healthy": text_handler("Healthy.\n"),
+        "/-/ready": text_handler("Ready.\n"),
+        "/": landing_page("perfwatch exporter", __version__,
+                          {"/metrics": "Metrics", "/-/healthy": "Health", "/-/ready": "Readiness"}),
+    }
+    try:
+        server = WebServer(host, port, routes, server_name=f"perfwatch-exporter/{__version__}")
+    except OSError as err:
+        log.error("cannot listen on %s: %s", listen, err.strerror or err)
+        collector_set.close()
+        return 1
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    server.start()
+    enabled = [c.name for c in collectors]
+    disabled = [n for n, e in collector_settings.items() if not e.enabled]
+    log.info("perfwatch-exporter %s listening on %s:%d", __version__, host, server.port)
+    log.info("collectors enabled: %s; disabled: %s", ", ".join(enabled) or "none", ", ".join(disabled) or "none")
+    stop.wait()
+    server.stop()
+    collector_set.close()
+    log.info("stopped")
+    return 0

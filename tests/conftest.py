@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from support.procs import Service, free_port, python_module
+
+
+class Exporter:
+    """A perfwatch-exporter process on a free loopback port."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any] | None, args: list[str],
+                 user: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        argv = python_module("exporter", "--listen", f"127.0.0.1:{self.port}", *args)
+        if config is not None:
+            path = workdir / f"exporter-{self.port}.yml"
+            path.write_text(yaml.safe_dump(config))
+            path.chmod(0o644)
+            argv += ["--config", str(path)]
+        self.service = Service(argv, workdir / f"exporter-{self.port}.log", ready_url=f"{self.url}/-/ready",
+                               user=user)
+
+    def scrape(self, **kwargs: Any) -> str:
+        r = requests.get(f"{self.url}/metrics", timeout=30, **kwargs)
+        assert r.status_code == 200, r.text
+        return r.text
+
+    def stop(self) -> int:
+        return self.service.stop()
+
+
+@pytest.fixture
+def start_exporter(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
+    """Start exporters (config dict, extra args); each is stopped with SIGTERM at the end."""
+    started: list[Exporter] = []
+
+    def start(config: dict[str, Any] | None = None, *args: str, user: str | None = None) -> Exporter:
+        exporter = Exporter(tmp_path, config, list(args), user=user)
+        exporter.service.start()
+        started.append(exporter)
+        return exporter
+
+    yield start
+    for exporter in started:
+        if exporter.service.running:
+            exporter.stop()

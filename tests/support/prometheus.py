@@ -1,0 +1,69 @@
+"""A real Prometheus server and promtool (Debian's `prometheus` package) for tests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from support.procs import Service, free_port
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("promtool")
+    if exe is None:
+        raise RuntimeError("promtool not found: install Debian's prometheus package (scripts/test does)")
+    return subprocess.run([exe, *args], input=stdin, capture_output=True, text=True, timeout=120)
+
+
+class Prometheus:
+    """Prometheus on a free loopback port with the config given, storing into `workdir`."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        exe = shutil.which("prometheus")
+        if exe is None:
+            raise RuntimeError("prometheus not found: install Debian's prometheus package (scripts/test does)")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        config_path = workdir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(config))
+        self.service = Service(
+            [exe, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            workdir / "prometheus.log", ready_url=f"{self.url}/-/ready", ready_timeout=60,
+        )
+
+    def __enter__(self) -> Prometheus:
+        self.service.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.service.stop()
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=30)
+        body = r.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"query {expr!r} failed: {body}")
+        return body["data"]["result"]
+
+    def targets(self) -> list[dict[str, Any]]:
+        return requests.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+
+    def wait_for(self, expr: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Poll `expr` until it returns a non-empty result."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(expr)
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{expr!r} still empty after {timeout}s; targets: {self.targets()}\n"
+                                     f"{self.service.log()}")
+            time.sleep(0.5)
