@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from support.postgres import PostgresServer
 from support.procs import Service, free_port, python_module
 
 
@@ -50,3 +51,18 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
     for exporter in started:
         if exporter.service.running:
             exporter.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session (embedded, or PERFWATCH_TEST_DSN)."""
+    server = PostgresServer.start(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """A DSN (superuser) to a fresh, empty database of its own for this test."""
+    with postgres_server.fresh_database() as dsn:
+        yield dsn
