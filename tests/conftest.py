@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pwd
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ class Exporter:
             path.write_text(yaml.safe_dump(config))
             path.chmod(0o644)
             argv += ["--config", str(path)]
+        # As another user, drop root's group and supplementary groups too (see Service).
+        groups = {"group": pwd.getpwnam(user).pw_gid, "extra_groups": []} if user else {}
         self.service = Service(argv, workdir / f"exporter-{self.port}.log", ready_url=f"{self.url}/-/ready",
-                               user=user)
+                               user=user, **groups)  # type: ignore[arg-type]
 
     def scrape(self, **kwargs: Any) -> str:
         r = requests.get(f"{self.url}/metrics", timeout=30, **kwargs)

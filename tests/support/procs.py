@@ -28,20 +28,25 @@ class Service:
 
     def __init__(self, argv: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None,
                  ready_url: str | None = None, ready_timeout: float = 30.0,
-                 user: str | None = None, verify: bool | str = True) -> None:
+                 user: str | None = None, group: str | int | None = None,
+                 extra_groups: list[str | int] | None = None, verify: bool | str = True) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         self.ready_url = ready_url
         self.ready_timeout = ready_timeout
         self.env = {**os.environ, **(env or {})}
         self.user = user
+        # With `user` alone the child keeps root's groups, and group permission bits (not "other")
+        # then decide its access: pass group and extra_groups=[] to drop them too.
+        self.group = group
+        self.extra_groups = extra_groups
         self.verify = verify
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     user=self.user, cwd=REPO)
+                                     user=self.user, group=self.group, extra_groups=self.extra_groups, cwd=REPO)
         if self.ready_url:
             self.wait_ready()
         return self
