@@ -151,8 +151,9 @@ class PerfCollector(Collector):
                 if (slot is None or slot.fd is None) and key not in self.failed:
                     self._open(event, cpu)
         if log_changes and (gone or new):
-            log.info("perf: CPUs %s went offline (their counters closed), CPUs %s came online (opened); "
-                     "%d counters open", pe.format_cpu_list(gone) or "none", pe.format_cpu_list(new) or "none",
+            changes = [f"CPUs {pe.format_cpu_list(cpus)} {what}" for cpus, what in (
+                (gone, "went offline, their counters closed"), (new, "came online, their counters opened")) if cpus]
+            log.info("perf: %s; %d counters open", "; ".join(changes),
                      sum(1 for s in self.slots.values() if s.fd is not None))
 
     # -- one counter -------------------------------------------------------------------------
