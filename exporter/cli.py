@@ -16,6 +16,7 @@ from exporter.logs import LEVELS, setup_logging
 from exporter.scrape import CollectorSet, build_registry
 from exporter.settings import DEFAULT_PORT, load_settings
 from exporter.web import WebServer, landing_page, metrics_handler, text_handler
+from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", metavar="HOST:PORT",
                         help=f"address to serve on (default :{DEFAULT_PORT}, every interface)")
     parser.add_argument("--config", metavar="FILE", help="YAML config file (collectors and their options)")
+    parser.add_argument("--web-config", "--web.config.file", metavar="FILE", dest="web_config",
+                        help="TLS and basic-auth config in exporter-toolkit's web-config.yml format "
+                        "(the file node_exporter reads; see README, Authentication and TLS)")
     parser.add_argument("--log-level", choices=LEVELS, help="log verbosity (default info)")
     parser.add_argument("--list-collectors", action="store_true",
                         help="print every collector, whether it is enabled, and exit")
@@ -47,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host, port = parse_listen(listen)
         except ValueError as err:
             raise ConfigError("--listen" if args.listen else "listen", str(err)) from None
+        web_config = load_web_config(args.web_config) if args.web_config else None
     except ConfigError as err:
         print(f"perfwatch-exporter: config error: {err}", file=sys.stderr)
         return 2
@@ -78,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           {"/metrics": "Metrics", "/-/healthy": "Health", "/-/ready": "Readiness"}),
     }
     try:
-        server = WebServer(host, port, routes, server_name=f"perfwatch-exporter/{__version__}")
+        server = WebServer(host, port, routes, server_name=f"perfwatch-exporter/{__version__}",
+                           web_config=web_config)
     except OSError as err:
         log.error("cannot listen on %s: %s", listen, err.strerror or err)
         collector_set.close()
@@ -96,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     server.start()
     enabled = [c.name for c in collectors]
     disabled = [n for n, e in collector_settings.items() if not e.enabled]
-    log.info("perfwatch-exporter %s listening on %s:%d", __version__, host, server.port)
+    log.info("perfwatch-exporter %s listening on %s://%s:%d", __version__, server.scheme, host, server.port)
+    if web_config is not None:
+        log.info("web config %s: %s", args.web_config, web_config.describe())
     log.info("collectors enabled: %s; disabled: %s", ", ".join(enabled) or "none", ", ".join(disabled) or "none")
     stop.wait()
     server.stop()

@@ -2,6 +2,7 @@
 
 Shared by the exporter and the archiver. Routes are plain functions from a `Request` to a
 `Response`; the server adds gzip where the client asks for it, 404/405 and quiet access logs.
+With a web config (exporter/webconfig.py) it also serves TLS and asks for basic auth.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import gzip
 import html
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,10 +21,17 @@ from urllib.parse import urlsplit
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from exporter.webconfig import WebConfig
+
 log = logging.getLogger(__name__)
 
 # The classic text format every Prometheus version reads.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Answered without credentials when basic auth is on: container healthchecks need no secret, and
+# "the process serves HTTP" tells nobody anything. Everything else (/metrics, /, /-/ready) needs them.
+OPEN_PATHS = frozenset({"/-/healthy"})
+AUTH_REALM = "perfwatch"
 
 
 @dataclasses.dataclass
@@ -93,23 +102,66 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    ssl_context: ssl.SSLContext | None = None
+    handshake_timeout = 10.0
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, address = super().get_request()
+        if self.ssl_context is not None:
+            # No I/O here: the handshake happens in the request's thread (finish_request), so a
+            # slow or silent client cannot stall accept() for everyone else.
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def finish_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if isinstance(request, ssl.SSLSocket):
+            previous = request.gettimeout()
+            try:
+                request.settimeout(self.handshake_timeout)
+                request.do_handshake()
+                request.settimeout(previous)
+            except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+                peer = client_address[0] if isinstance(client_address, tuple) else client_address
+                log.info("TLS handshake with %s failed: %s", peer, err)
+                return
+        super().finish_request(request, client_address)  # type: ignore[arg-type]
 
 
 class WebServer:
     """Serves `routes` (path → handler) on `host:port` from a background thread."""
 
-    def __init__(self, host: str, port: int, routes: dict[str, Handler], *, server_name: str) -> None:
+    def __init__(self, host: str, port: int, routes: dict[str, Handler], *, server_name: str,
+                 web_config: WebConfig | None = None) -> None:
         self.routes = routes
         self.server_name = server_name
+        self.web_config = web_config or WebConfig()
         server_cls = _HTTPServer
         if ":" in host:
             server_cls = type("_HTTPServer6", (_HTTPServer,), {"address_family": socket.AF_INET6})
         self.httpd = server_cls((host, port), self._handler_class())
+        self.httpd.ssl_context = self.web_config.ssl_context
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         return int(self.httpd.server_address[1])
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.web_config.ssl_context is not None else "http"
+
+    def check_auth(self, path: str, authorization: str, client: str) -> Response | None:
+        """None when the request may proceed, else the 401 to send."""
+        auth = self.web_config.auth
+        if auth is None or urlsplit(path).path in OPEN_PATHS:
+            return None
+        result = auth.check(authorization)
+        if result.ok:
+            return None
+        if authorization:  # a client without credentials is a browser's first try, not news
+            log.info("authentication failed for user %r from %s: %s", result.user[:64], client, result.reason)
+        return Response(401, b"401 Unauthorized\n",
+                        headers={"WWW-Authenticate": f'Basic realm="{AUTH_REALM}", charset="UTF-8"'})
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -125,7 +177,8 @@ class WebServer:
                 self._serve(head=True)
 
             def do_POST(self) -> None:
-                self._send(Response(405, b"method not allowed\n", headers={"Allow": "GET, HEAD"}), False)
+                denied = server.check_auth(self.path, self.headers.get("Authorization", ""), self.client_address[0])
+                self._send(denied or Response(405, b"method not allowed\n", headers={"Allow": "GET, HEAD"}), False)
 
             do_PUT = do_DELETE = do_PATCH = do_POST  # noqa: N815 - http.server dispatch names
 
@@ -133,6 +186,10 @@ class WebServer:
                 url = urlsplit(self.path)
                 request = Request(self.command, url.path, url.query,
                                   {k.lower(): v for k, v in self.headers.items()})
+                denied = server.check_auth(url.path, request.header("authorization"), self.client_address[0])
+                if denied is not None:
+                    self._send(denied, head)
+                    return
                 handler = server.routes.get(url.path)
                 if handler is None:
                     response = Response(404, b"404 page not found\n")
@@ -151,7 +208,7 @@ class WebServer:
                 self.send_response(response.status)
                 self.send_header("Content-Type", response.content_type)
                 self.send_header("Content-Length", str(len(response.body)))
-                for name, value in response.headers.items():
+                for name, value in (server.web_config.headers | response.headers).items():
                     self.send_header(name, value)
                 if response.compressible:
                     self.send_header("Vary", "Accept-Encoding")
