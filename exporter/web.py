@@ -169,6 +169,9 @@ class WebServer:
         class RequestHandler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = server.server_name
+            # Headers and body go out in two writes; with Nagle on, a keep-alive client (Prometheus)
+            # waits for its delayed ACK: +40 ms per scrape. TCP_NODELAY sends both at once.
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
                 self._serve(head=False)
