@@ -1,0 +1,63 @@
+"""Processes by state and thread counts (/proc/<pid>/stat), with the kernel's limits."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
+
+from exporter.collectors.base import Collector, gauge, read_text, register
+
+# The state letter of /proc/<pid>/stat (proc(5)). Every name is always emitted (0 included) so
+# that a state going away reads as 0, not as a missing series.
+STATES = {
+    b"R": "running", b"S": "sleeping", b"D": "disk_sleep", b"Z": "zombie", b"T": "stopped",
+    b"t": "tracing_stop", b"X": "dead", b"I": "idle", b"P": "parked", b"W": "waking",
+}
+
+
+def read_stat(path: str) -> bytes | None:
+    """The stat line of one process, or None if it has gone away meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, PermissionError):
+        return None
+    try:
+        return os.read(fd, 1024)
+    except ProcessLookupError:  # exited between open and read
+        return None
+    finally:
+        os.close(fd)
+
+
+@register
+class ProcessesCollector(Collector):
+    name = "processes"
+    description = "Processes per state (running, sleeping, disk_sleep, zombie, ...), threads, and pid/thread limits."
+
+    def collect(self) -> Iterator[Metric]:
+        states: Counter[bytes] = Counter()
+        threads = 0
+        proc = self.paths.procfs
+        with os.scandir(proc) as entries:
+            pids = [e.name for e in entries if e.name.isdigit()]
+        for pid in pids:
+            stat = read_stat(f"{proc}/{pid}/stat")
+            if not stat:
+                continue
+            # "pid (comm) S ppid ...": comm may hold spaces and ')', so split after the last ')'.
+            fields = stat[stat.rindex(b")") + 2:].split(None, 18)
+            states[fields[0]] += 1
+            threads += int(fields[17])  # num_threads, field 20 of proc(5)
+        family = gauge("processes", "Processes in each state.", labels=["state"])
+        for code, state in STATES.items():
+            family.add_metric([state], float(states.pop(code, 0)))
+        yield family
+        yield gauge("threads", "Threads of all processes.", float(threads))
+        kernel = self.paths.proc("sys", "kernel")
+        yield gauge("processes_max", "Process ids wrap around at this value (kernel.pid_max).",
+                    float(read_text(f"{kernel}/pid_max")))
+        yield gauge("threads_max", "Most threads the system allows (kernel.threads-max).",
+                    float(read_text(f"{kernel}/threads-max")))

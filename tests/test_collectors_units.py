@@ -1,0 +1,129 @@
+"""Parts of the host collectors tested in-process: a hung mount, and parsers on inputs the VM lacks.
+
+A hung NFS mount cannot be made here, so statvfs() is replaced by one that blocks until the
+test releases it; the real statvfs path is tested against real mounts in test_collectors_host.py.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from exporter.collectors.base import HostPaths
+from exporter.collectors.filesystem import FilesystemCollector, FilesystemOptions, StatvfsRunner, parse_mounts
+from exporter.collectors.host import cpu_model_and_count, os_release
+from exporter.collectors.tcp import count_proc_states
+from exporter.config import Duration
+
+
+class HangingStatvfs:
+    """statvfs() that blocks on `hung_path` until released; other paths answer at once."""
+
+    def __init__(self, hung_path: str) -> None:
+        self.hung_path = hung_path
+        self.release = threading.Event()
+        self.calls: list[str] = []
+
+    def __call__(self, path: str) -> os.statvfs_result:
+        self.calls.append(path)
+        if path == self.hung_path:
+            self.release.wait(30)
+        return os.statvfs("/")
+
+
+def wait_until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_hung_statvfs_costs_one_timeout_then_is_skipped_until_it_returns() -> None:
+    fake = HangingStatvfs("/hung")
+    runner = StatvfsRunner(timeout=0.3, statvfs=fake)
+    try:
+        start = time.monotonic()
+        first = runner.run(["/a", "/hung", "/b"])
+        assert 0.3 <= time.monotonic() - start < 2
+        assert isinstance(first["/a"], os.statvfs_result)
+        assert first["/hung"] is None and first["/b"] is None  # /b was queued behind the hung call
+        assert runner.hung == {"/hung"}
+
+        start = time.monotonic()
+        second = runner.run(["/a", "/hung", "/b"])
+        assert time.monotonic() - start < 0.25  # no new wait: the hung mount is skipped
+        assert isinstance(second["/a"], os.statvfs_result) and isinstance(second["/b"], os.statvfs_result)
+        assert second["/hung"] is None
+        assert fake.calls.count("/hung") == 1
+
+        fake.release.set()  # the server comes back
+        wait_until(lambda: not runner.hung)
+        third = runner.run(["/a", "/hung"])
+        assert all(isinstance(r, os.statvfs_result) for r in third.values())
+    finally:
+        fake.release.set()
+        runner.close()
+
+
+def test_statvfs_errors_are_returned_not_raised(tmp_path: Path) -> None:
+    runner = StatvfsRunner(timeout=5)
+    try:
+        result = runner.run([str(tmp_path), str(tmp_path / "missing")])
+    finally:
+        runner.close()
+    assert isinstance(result[str(tmp_path)], os.statvfs_result)
+    assert isinstance(result[str(tmp_path / "missing")], FileNotFoundError)
+
+
+def test_filesystem_collector_reports_hung_mount_as_device_error(tmp_path: Path) -> None:
+    (tmp_path / "proc" / "1").mkdir(parents=True)
+    (tmp_path / "proc" / "1" / "mounts").write_text("/dev/vda1 / ext4 rw 0 0\nnfs:/x /mnt2/nfs nfs4 rw 0 0\n")
+    collector = FilesystemCollector(FilesystemOptions(statvfs_timeout=Duration(0.3)),
+                                    HostPaths(procfs=str(tmp_path / "proc"), rootfs="/"))
+    fake = HangingStatvfs("/mnt2/nfs")
+    collector.runner = StatvfsRunner(0.3, statvfs=fake)
+    try:
+        for _ in range(2):  # the first scrape waits once; the second skips the hung mount
+            families = {f.name: f for f in collector.collect()}
+            errors = {s.labels["mountpoint"]: s.value for s in families["perfwatch_filesystem_device_error"].samples}
+            assert errors == {"/": 0.0, "/mnt2/nfs": 1.0}
+            sized = {s.labels["mountpoint"] for s in families["perfwatch_filesystem_size_bytes"].samples}
+            assert sized == {"/"}
+    finally:
+        fake.release.set()
+        collector.close()
+
+
+def test_parse_mounts_unescapes_octal() -> None:
+    [mount] = parse_mounts("//srv/share /mnt/my\\040disk\\011tab\\012nl\\134bs cifs rw 0 0\n")
+    assert mount.device == "//srv/share" and mount.fstype == "cifs"
+    assert mount.mountpoint == "/mnt/my disk\ttab\nnl\\bs"
+
+
+def test_count_proc_states_on_a_busy_host_file() -> None:
+    header = b"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    v4 = (b"%4d: 0100007F:%04X 0A00020F:01BB %s 00000000:00000000 00:00000000 00000000  1000        0 %d 1 ff "
+          b"20 4 0 10 -1\n")
+    v6 = (b"%4d: 0000000000000000FFFF00000100007F:%04X 00000000000000000000000000000000:0000 %s 00000000:00000000 "
+          b"00:00000000 00000000     0        0 %d 1 ff 100 0 0 10 0\n")
+    # Wide slot numbers (>9999) and states whose hex looks like other columns' digits.
+    data4 = header + b"".join(v4 % (i, i % 65536, b"01" if i % 3 else b"06", i) for i in range(30000))
+    data6 = header + b"".join(v6 % (i, i % 65536, b"0A", i) for i in range(500))
+    assert count_proc_states(data4) == {1: 20000, 6: 10000}
+    assert count_proc_states(data6) == {10: 500}
+    assert count_proc_states(header) == {}
+
+
+def test_os_release_and_cpuinfo_parsing() -> None:
+    release = os_release('NAME="Debian GNU/Linux"\nID=debian\nVERSION_ID="12"\n# comment=x\nPRETTY_NAME=\'It\\\'s\'\n'
+                         'BROKEN="unterminated\n')
+    assert release["ID"] == "debian" and release["VERSION_ID"] == "12" and release["NAME"] == "Debian GNU/Linux"
+    assert release["BROKEN"] == '"unterminated'
+    assert "# comment" not in release
+    x86 = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n\n"
+           "processor\t: 1\nmodel name\t: Intel(R) Xeon\n")
+    assert cpu_model_and_count(x86) == ("Intel(R) Xeon(R) CPU @ 2.20GHz", 2)
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n\nprocessor\t: 1\n\nModel\t: Raspberry Pi 4\n"
+    assert cpu_model_and_count(arm) == ("Raspberry Pi 4", 2)
