@@ -1,0 +1,295 @@
+-- The read side, for Grafana (role perfwatch_grafana) and operators.
+--
+--   perfwatch.series(metric, matchers, t_from, t_to, step)  time, labels, avg/min/max/last, increase, rate
+--   perfwatch.panel(metric, matchers, t_from, t_to, step, agg, legend)   time, metric (text), value
+--   perfwatch.plan_tiers(t_from, t_to, step)                 which level serves which part of the range
+--   perfwatch.tier_status()                                  per level: policy, watermark, lag, size, runs
+--
+-- Semantics (the tests compute the same from raw samples):
+-- * Output buckets are [t, t + step) with t a multiple of step from the epoch, covering
+--   [t_from, t_to) (both ends widened to whole steps).
+-- * increase of a counter over a bucket = the sum, over consecutive samples a, b of the series with b
+--   in the bucket and a inside the queried range, of b - a, or b where b < a (a reset). No
+--   extrapolation, unlike PromQL's increase(); summing the buckets gives the increase over the range.
+-- * rate = increase / step seconds (or the tier's resolution where a coarser tier had to serve a
+--   period finer ones no longer hold).
+-- * avg = sum / count of the samples, min, max, last = the last sample's value.
+
+-- Prometheus-style matchers as jsonb: {"job": "node"} (equal), {"cpu": ["0", "1"]} (any of),
+-- {"mode": {"=~": "user|system"}} with operators =, !=, =~, !~ (regexes anchored at both ends).
+-- A label a series lacks matches as the empty string, as in PromQL.
+CREATE FUNCTION perfwatch.labels_match(labels jsonb, matchers jsonb) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    m record;
+    op record;
+    v text;
+BEGIN
+    IF matchers IS NULL OR matchers = 'null'::jsonb THEN
+        RETURN true;
+    END IF;
+    IF jsonb_typeof(matchers) <> 'object' THEN
+        RAISE EXCEPTION 'matchers must be a JSON object such as {"job": "node"}, not %', matchers;
+    END IF;
+    FOR m IN SELECT * FROM jsonb_each(matchers) LOOP
+        v := coalesce(labels ->> m.key, '');
+        CASE jsonb_typeof(m.value)
+            WHEN 'string' THEN
+                IF v <> m.value #>> '{}' THEN
+                    RETURN false;
+                END IF;
+            WHEN 'array' THEN
+                IF NOT EXISTS (SELECT FROM jsonb_array_elements_text(m.value) e WHERE e = v) THEN
+                    RETURN false;
+                END IF;
+            WHEN 'object' THEN
+                FOR op IN SELECT * FROM jsonb_each_text(m.value) LOOP
+                    IF op.key = '=' AND v <> op.value
+                       OR op.key = '!=' AND v = op.value
+                       OR op.key = '=~' AND v !~ ('^(?:' || op.value || ')$')
+                       OR op.key = '!~' AND v ~ ('^(?:' || op.value || ')$') THEN
+                        RETURN false;
+                    ELSIF op.key NOT IN ('=', '!=', '=~', '!~') THEN
+                        RAISE EXCEPTION 'matcher for label % has unknown operator % (use =, !=, =~ or !~)', m.key, op.key;
+                    END IF;
+                END LOOP;
+            ELSE
+                RAISE EXCEPTION 'matcher for label % must be a string, a list of strings or an object like {"=~": "regex"}, not %',
+                    m.key, m.value;
+        END CASE;
+    END LOOP;
+    RETURN true;
+END
+$$;
+
+-- Where each level of the active policy holds rolled-up (final) data: from its oldest partition
+-- (moved up to the next tier's bucket grid, so that stitching never splits a coarser bucket) to
+-- its watermark (raw: open-ended).
+CREATE FUNCTION perfwatch.tier_coverage()
+    RETURNS TABLE (level integer, tier text, table_name text, resolution interval, lo timestamptz, hi timestamptz)
+    LANGUAGE sql STABLE SET search_path = pg_catalog, perfwatch
+    BEGIN ATOMIC
+        SELECT p.level, t.name, t.table_name, t.resolution,
+               perfwatch.bucket_ceil(coalesce(nt.resolution, '1 microsecond'),
+                                     (SELECT min(pa.lo) FROM perfwatch.partition pa WHERE pa.tier = t.name)),
+               CASE WHEN p.level = 0 THEN 'infinity'::timestamptz ELSE t.watermark END
+        FROM perfwatch.archive_policy p
+        JOIN perfwatch.tier t ON t.name = p.tier
+        LEFT JOIN perfwatch.archive_policy np ON np.level = p.level + 1
+        LEFT JOIN perfwatch.tier nt ON nt.name = np.tier
+        ORDER BY p.level;
+    END;
+
+-- Which level serves which part of [t_from, t_to) for a given step. The main level is the coarsest
+-- whose resolution divides the step (raw always does); the recent part it has not rolled up yet
+-- comes from finer levels, the old part it no longer holds from coarser ones.
+CREATE FUNCTION perfwatch.plan_tiers(t_from timestamptz, t_to timestamptz, step interval)
+    RETURNS TABLE (level integer, tier text, table_name text, resolution interval, lo timestamptz, hi timestamptz)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    step_s numeric := extract(epoch FROM step);
+    main integer;
+    c record;
+    want tstzmultirange;
+    piece tstzmultirange;
+    r tstzrange;
+BEGIN
+    IF step_s IS NULL OR step_s <= 0 THEN
+        RAISE EXCEPTION 'step must be a positive interval, not %', step;
+    END IF;
+    want := tstzmultirange(tstzrange(perfwatch.bucket_floor(step, t_from), perfwatch.bucket_ceil(step, t_to)));
+    SELECT max(tc.level) INTO main FROM perfwatch.tier_coverage() tc
+        WHERE tc.level = 0 OR step_s % extract(epoch FROM tc.resolution) = 0;
+    FOR c IN SELECT * FROM perfwatch.tier_coverage() tc
+             ORDER BY CASE WHEN tc.level <= main THEN main - tc.level ELSE tc.level END LOOP
+        IF c.lo IS NULL OR c.hi IS NULL OR c.lo >= c.hi THEN
+            CONTINUE;
+        END IF;
+        piece := want * tstzmultirange(tstzrange(c.lo, c.hi));
+        want := want - piece;
+        FOR r IN SELECT unnest(piece) LOOP
+            level := c.level;
+            tier := c.tier;
+            table_name := c.table_name;
+            resolution := c.resolution;
+            lo := lower(r);
+            hi := upper(r);
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION perfwatch.series(metric text, matchers jsonb, t_from timestamptz, t_to timestamptz, step interval)
+    RETURNS TABLE ("time" timestamptz, series_id integer, labels jsonb, avg double precision, min double precision,
+                   max double precision, last double precision, samples bigint, increase double precision,
+                   rate double precision, resets bigint)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    m perfwatch.metric;
+    ids integer[];
+    seg record;
+    parts text[] := '{}';
+BEGIN
+    SELECT * INTO m FROM perfwatch.metric WHERE name = series.metric;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT array_agg(s.id) INTO ids FROM perfwatch.series s
+        WHERE s.metric_id = m.id AND perfwatch.labels_match(s.labels, series.matchers);
+    IF ids IS NULL THEN
+        RETURN;
+    END IF;
+    FOR seg IN SELECT * FROM perfwatch.plan_tiers(t_from, t_to, step) LOOP
+        IF seg.level = 0 THEN
+            -- a raw sample is a bucket of one sample
+            parts := parts || format($q$
+                SELECT series_id, ts AS bucket, 0::double precision AS res, 1 AS count, value AS sum, value AS min,
+                       value AS max, value AS first_value, value AS last_value, 0::double precision AS increase,
+                       0 AS resets
+                FROM perfwatch.sample WHERE series_id = ANY ($1) AND ts >= %L AND ts < %L$q$, seg.lo, seg.hi);
+        ELSE
+            parts := parts || format($q$
+                SELECT series_id, bucket, %L::double precision AS res, count, sum, min, max, first_value, last_value,
+                       increase, resets
+                FROM perfwatch.%I WHERE series_id = ANY ($1) AND bucket >= %L AND bucket < %L$q$,
+                extract(epoch FROM seg.resolution), seg.table_name, seg.lo, seg.hi);
+        END IF;
+    END LOOP;
+    IF cardinality(parts) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE format($q$
+        WITH src AS (%s),
+        o AS (
+            SELECT src.*, perfwatch.bucket_floor($2, src.bucket) AS t,
+                   lag(src.last_value) OVER (PARTITION BY src.series_id ORDER BY src.bucket) AS prev,
+                   row_number() OVER (PARTITION BY src.series_id, perfwatch.bucket_floor($2, src.bucket)
+                                      ORDER BY src.bucket DESC) AS from_end
+            FROM src
+        )
+        SELECT o.t, o.series_id, s.labels,
+               sum(o.sum) / sum(o.count), min(o.min), max(o.max),
+               min(o.last_value) FILTER (WHERE o.from_end = 1),
+               sum(o.count)::bigint,
+               CASE WHEN $3 THEN sum(o.increase) + sum(perfwatch.counter_delta(o.prev, o.first_value)) END,
+               CASE WHEN $3 THEN (sum(o.increase) + sum(perfwatch.counter_delta(o.prev, o.first_value)))
+                                 / greatest($4, max(o.res)) END,
+               CASE WHEN $3 THEN sum(o.resets) + count(*) FILTER (WHERE o.first_value < o.prev) END
+        FROM o JOIN perfwatch.series s ON s.id = o.series_id
+        GROUP BY o.t, o.series_id, s.labels
+        ORDER BY o.t, o.series_id
+        $q$, array_to_string(parts, ' UNION ALL '))
+        USING ids, step, m.kind = 'counter', extract(epoch FROM step)::double precision;
+END
+$$;
+
+-- A legend template such as '{{cpu}}/{{mode}}' filled from a series' labels (a label it lacks
+-- gives ''); without a template, the labels as {name="value", ...}.
+CREATE FUNCTION perfwatch.format_legend(template text, labels jsonb) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    l record;
+    result text := template;
+BEGIN
+    IF template IS NULL THEN
+        RETURN (SELECT '{' || coalesce(string_agg(format('%s=%s', e.key, to_jsonb(e.value)::text), ', ' ORDER BY e.key), '')
+                       || '}'
+                FROM jsonb_each_text(labels) e);
+    END IF;
+    FOR l IN SELECT * FROM jsonb_each_text(labels) LOOP
+        result := replace(result, '{{' || l.key || '}}', l.value);
+    END LOOP;
+    RETURN regexp_replace(result, '\{\{[^}]*\}\}', '', 'g');
+END
+$$;
+
+-- For a Grafana panel: one value column and the series named by a text column (Grafana's
+-- "metric" column), sorted by time.
+--   agg:    auto (rate for counters, avg for gauges), avg, min, max, last, rate, increase, samples
+--   legend: a template such as '{{cpu}}/{{mode}}'; default: the labels as {name="value", ...}
+CREATE FUNCTION perfwatch.panel(metric_name text, matchers jsonb, t_from timestamptz, t_to timestamptz, step interval,
+                                agg text DEFAULT 'auto', legend text DEFAULT NULL)
+    RETURNS TABLE ("time" timestamptz, metric text, value double precision)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    kind text;
+BEGIN
+    SELECT m.kind INTO kind FROM perfwatch.metric m WHERE m.name = metric_name;
+    IF agg = 'auto' THEN
+        agg := CASE WHEN kind = 'counter' THEN 'rate' ELSE 'avg' END;
+    END IF;
+    IF agg NOT IN ('avg', 'min', 'max', 'last', 'rate', 'increase', 'samples') THEN
+        RAISE EXCEPTION 'agg must be one of auto, avg, min, max, last, rate, increase, samples; not %', agg;
+    END IF;
+    RETURN QUERY
+        SELECT s.time, perfwatch.format_legend(legend, s.labels),
+               CASE agg WHEN 'avg' THEN s.avg WHEN 'min' THEN s.min WHEN 'max' THEN s.max WHEN 'last' THEN s.last
+                        WHEN 'rate' THEN s.rate WHEN 'increase' THEN s.increase ELSE s.samples::double precision END
+        FROM perfwatch.series(metric_name, matchers, t_from, t_to, step) s
+        ORDER BY 1, 2;
+END
+$$;
+
+-- Per level of the active policy: its policy, how far its rollup is (watermark, lag), how much it
+-- holds (partitions, oldest/newest, rows estimated by the statistics, bytes on disk with
+-- indexes) and its last rollup and retention runs.
+CREATE FUNCTION perfwatch.tier_status(p_now timestamptz DEFAULT now())
+    RETURNS TABLE (level integer, tier text, table_name text, resolution interval, retention interval,
+                   watermark timestamptz, lag_seconds double precision, horizon timestamptz, partitions integer,
+                   oldest timestamptz, newest timestamptz, rows_estimate bigint, bytes bigint,
+                   bytes_per_row double precision, dirty_ranges bigint,
+                   last_rollup_at timestamptz, last_rollup_seconds double precision, last_rollup_rows bigint,
+                   last_retention_at timestamptz, last_retention_seconds double precision,
+                   last_retention_dropped integer, last_retention_waiting integer)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    r record;
+    time_col text;
+BEGIN
+    FOR r IN SELECT p.*, t.table_name AS tbl, t.watermark AS wm, t.horizon AS hz
+             FROM perfwatch.archive_policy p JOIN perfwatch.tier t ON t.name = p.tier ORDER BY p.level LOOP
+        level := r.level;
+        tier := r.tier;
+        table_name := r.tbl;
+        resolution := r.resolution;
+        retention := r.retention;
+        watermark := r.wm;
+        lag_seconds := CASE WHEN r.level > 0 THEN extract(epoch FROM p_now - r.wm) END;
+        horizon := r.hz;
+        SELECT count(*), min(pa.lo),
+               sum(pg_stat_get_live_tuples(to_regclass('perfwatch.' || quote_ident(pa.table_name)))),
+               sum(pg_total_relation_size(to_regclass('perfwatch.' || quote_ident(pa.table_name))))
+          INTO partitions, oldest, rows_estimate, bytes
+          FROM perfwatch.partition pa WHERE pa.tier = r.tier;
+        bytes_per_row := CASE WHEN rows_estimate > 0 THEN bytes::double precision / rows_estimate END;
+        -- newest: one backward probe of the primary key per series and partition
+        time_col := CASE WHEN r.level = 0 THEN 'ts' ELSE 'bucket' END;
+        EXECUTE format('SELECT max(m) FROM perfwatch.series s, LATERAL (SELECT max(%1$I) AS m FROM perfwatch.%2$I x '
+                       'WHERE x.series_id = s.id) l', time_col, r.tbl) INTO newest;
+        SELECT count(*) INTO dirty_ranges FROM perfwatch.rollup_dirty d WHERE d.tier = r.tier;
+        last_rollup_at := r.last_rollup_at;
+        last_rollup_seconds := r.last_rollup_seconds;
+        last_rollup_rows := r.last_rollup_rows;
+        last_retention_at := r.last_retention_at;
+        last_retention_seconds := r.last_retention_seconds;
+        last_retention_dropped := r.last_retention_dropped;
+        last_retention_waiting := r.last_retention_waiting;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION
+    perfwatch.labels_match(jsonb, jsonb),
+    perfwatch.tier_coverage(),
+    perfwatch.plan_tiers(timestamptz, timestamptz, interval),
+    perfwatch.series(text, jsonb, timestamptz, timestamptz, interval),
+    perfwatch.panel(text, jsonb, timestamptz, timestamptz, interval, text, text),
+    perfwatch.tier_status(timestamptz),
+    perfwatch.format_legend(text, jsonb),
+    perfwatch.bucket_floor(interval, timestamptz),
+    perfwatch.bucket_ceil(interval, timestamptz),
+    perfwatch.counter_delta(double precision, double precision),
+    perfwatch.duration_label(interval)
+TO perfwatch_grafana;

@@ -1,0 +1,1 @@
+COPY perfwatch_stage (series_id, ts, value) FROM STDIN
