@@ -13,7 +13,7 @@ from exporter import __version__
 from exporter.collectors.base import Collector
 from exporter.config import ConfigError, parse_listen
 from exporter.logs import LEVELS, setup_logging
-from exporter.scrape import CollectorSet, build_registry
+from exporter.scrape import CollectorSet, build_registry, render
 from exporter.settings import DEFAULT_PORT, load_settings
 from exporter.web import WebServer, landing_page, metrics_handler, text_handler
 from exporter.webconfig import load_web_config
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     collector_set = CollectorSet(collectors)
     registry = build_registry(collector_set, version=__version__)
     routes = {
-        "/metrics": metrics_handler(registry),
+        "/metrics": metrics_handler(registry, render),
         "/-/healthy": text_handler("Healthy.\n"),
         "/-/ready": text_handler("Ready.\n"),
         "/": landing_page("perfwatch exporter", __version__,

@@ -67,9 +67,12 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def metrics_handler(registry: CollectorRegistry) -> Handler:
+def metrics_handler(registry: CollectorRegistry,
+                    render: Callable[[CollectorRegistry], bytes] = generate_latest) -> Handler:
+    """`/metrics` for `registry`; the exporter passes its leaner renderer (exporter.scrape.render)."""
+
     def handle(_request: Request) -> Response:
-        return Response(200, generate_latest(registry), METRICS_CONTENT_TYPE, compressible=True)
+        return Response(200, render(registry), METRICS_CONTENT_TYPE, compressible=True)
 
     return handle
 
