@@ -53,6 +53,7 @@ class FakeKernel:
         self.refuse_pmu_bits = refuse_pmu_bits
         self.open: dict[int, FakeCounter] = {}
         self.closed: list[int] = []
+        self.read_errors: dict[str, int] = {}  # event → errno for every read of it
         self.calls: list[tuple[str, int, int, int]] = []  # event, cpu, type, full config
         self._next_fd = 1000
 
@@ -77,8 +78,9 @@ class FakeKernel:
         counter = self.open.get(fd)
         if counter is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        if counter.read_errno:
-            raise OSError(counter.read_errno, os.strerror(counter.read_errno))
+        err = counter.read_errno or self.read_errors.get(counter.event)
+        if err:
+            raise OSError(err, os.strerror(err))
         if counter.short:
             return b""
         return struct.pack("=QQQ", counter.value, counter.enabled, counter.running)[:size]
@@ -334,6 +336,11 @@ def test_lost_fd_is_reopened_and_the_total_continues(tmp_path: Path, caplog: pyt
     text = scrape(collector)
     assert value(text, "perfwatch_perf_page_faults_total", cpu="0") == 530
     assert value(text, "perfwatch_perf_instructions_total", cpu="0") == 7100
+    kernel.read_errors["page-faults"] = errno.EIO  # every fd of it fails now: logged once, not per scrape
+    for _ in range(3):
+        text = scrape(collector)
+    assert caplog.text.count("reading page-faults on CPU 0 failed") == 2
+    assert value(text, "perfwatch_perf_page_faults_total", cpu="0") == 530
 
 
 def test_cpu_hotplug_through_sysfs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

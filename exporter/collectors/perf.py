@@ -77,6 +77,7 @@ class PerfCollector(Collector):
         self.slots: dict[tuple[str, int], _Slot] = {}
         self.failed: dict[tuple[str, int], int] = {}  # errno of the open that failed
         self.active: set[int] = set()
+        self._read_failing: set[tuple[str, int]] = set()
         self.pmu_types = pe.hybrid_pmu_types(paths.sys("bus", "event_source", "devices"))
         self._raise_fd_limit(len(self.events) * len(self._online()))
         self._sync_cpus(log_changes=False)
@@ -174,10 +175,13 @@ class PerfCollector(Collector):
         except OSError as err:
             # The fd is no good any more: close it; the next scrape opens a new one and its counts
             # add to the same total, so the exported counter never goes back.
-            log.warning("perf: reading %s on CPU %d failed (%s); reopening it at the next scrape",
-                        event, cpu, err.strerror or err)
+            if (event, cpu) not in self._read_failing:  # once, not at every scrape while it lasts
+                log.warning("perf: reading %s on CPU %d failed (%s); reopening it at the next scrape",
+                            event, cpu, err.strerror or err)
+                self._read_failing.add((event, cpu))
             self._close_fd(slot)
             return
+        self._read_failing.discard((event, cpu))
         increment, slot.ratio, slot.last = pe.advance(slot.last, reading)
         slot.total += increment
 
