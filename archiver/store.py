@@ -198,7 +198,7 @@ class Store:
             where=sa.tuple_(c.kind, c.family_type, c.help, c.unit).is_distinct_from(
                 sa.tuple_(insert.excluded.kind, insert.excluded.family_type, insert.excluded.help,
                           insert.excluded.unit))))
-        ids = dict(conn.execute(sa.select(c.name, c.id).where(c.name.in_(list(metas)))).tuples().all())
+        ids = {name: id_ for name, id_ in conn.execute(sa.select(c.name, c.id).where(c.name.in_(list(metas))))}
         return {name: (ids[name], meta) for name, meta in metas.items()}
 
     def _upsert_series(self, conn: sa.Connection, missing: dict[SeriesKey, int],

@@ -264,27 +264,28 @@ BEGIN
             SELECT series_id, bucket, count, sum, min, max, first_ts, first_value, last_ts, last_value, increase, resets
             FROM perfwatch.%I WHERE bucket >= %L AND bucket < %L$q$, src.table_name, p_lo, p_hi);
     END IF;
+    -- The aggregates read their input in (series, bucket, time) order, the window's: a float sum
+    -- then comes out bit for bit the same whatever range is rolled, which idempotency relies on.
     EXECUTE format($q$
         INSERT INTO perfwatch.%1$I AS t
             (series_id, bucket, count, sum, min, max, first_ts, first_value, last_ts, last_value, increase, resets)
         SELECT s.series_id, s.b, sum(s.count), sum(s.sum), min(s.min), max(s.max),
                min(s.first_ts), min(s.fv), max(s.last_ts), min(s.lv),
-               CASE WHEN m.kind = 'counter'
-                    THEN sum(s.increase) + sum(perfwatch.counter_delta(s.prev, s.first_value)) END,
-               CASE WHEN m.kind = 'counter'
-                    THEN sum(s.resets) + count(*) FILTER (WHERE s.first_value < s.prev) END
+               CASE WHEN s.counter THEN sum(s.increase) + sum(perfwatch.counter_delta(s.prev, s.first_value)) END,
+               CASE WHEN s.counter THEN sum(s.resets) + count(*) FILTER (WHERE s.first_value < s.prev) END
         FROM (
-            SELECT x.*, x.b_ AS b,
+            SELECT x.*,
                    lag(x.last_value) OVER w AS prev,
                    first_value(x.first_value) OVER w AS fv,
                    last_value(x.last_value) OVER w AS lv
-            FROM (SELECT r.*, perfwatch.bucket_floor(%2$L, r.bucket) AS b_ FROM (%3$s) r) x
-            WINDOW w AS (PARTITION BY x.series_id, x.b_ ORDER BY x.bucket
+            FROM (SELECT r.*, perfwatch.bucket_floor(%2$L, r.bucket) AS b, m.kind = 'counter' AS counter
+                  FROM (%3$s) r
+                  JOIN perfwatch.series se ON se.id = r.series_id
+                  JOIN perfwatch.metric m ON m.id = se.metric_id) x
+            WINDOW w AS (PARTITION BY x.series_id, x.b ORDER BY x.bucket
                          ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
         ) s
-        JOIN perfwatch.series se ON se.id = s.series_id
-        JOIN perfwatch.metric m ON m.id = se.metric_id
-        GROUP BY s.series_id, s.b, m.kind
+        GROUP BY s.series_id, s.b, s.counter
         ON CONFLICT (series_id, bucket) DO UPDATE SET
             count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max,
             first_ts = excluded.first_ts, first_value = excluded.first_value,
