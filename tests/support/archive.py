@@ -17,7 +17,13 @@ import dataclasses
 import datetime as dt
 import math
 import random
-from collections.abc import Iterable, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from archiver.model import Batch, MetricMeta, Sample
 
@@ -83,15 +89,19 @@ def bucket_stats(points: Sequence[Point], width_ms: int) -> dict[int, Stats]:
     return out
 
 
-def step_stats(points: Sequence[Point], t_from_ms: int, t_to_ms: int, step_ms: int) -> dict[int, Stats]:
-    """What perfwatch.series() must answer for one series over [t_from, t_to) with `step`."""
+def step_stats(points: Sequence[Point], t_from_ms: int, t_to_ms: int, step_ms: int,
+               bucket_of: Callable[[int], int] | None = None) -> dict[int, Stats]:
+    """What perfwatch.series() must answer for one series over [t_from, t_to) with `step`.
+
+    `bucket_of` maps a sample time to its output row where that is not simply its step (a period
+    served by a tier coarser than the step)."""
     lo = floor_ms(t_from_ms, step_ms)
     hi = -(-t_to_ms // step_ms) * step_ms
     inside = [(t, v) for t, v in points if lo <= t < hi]
     out: dict[int, Stats] = {}
     prev: float | None = None
     for t, v in inside:
-        b = floor_ms(t, step_ms)
+        b = bucket_of(t) if bucket_of else floor_ms(t, step_ms)
         s = out.get(b)
         if s is None:
             s = out[b] = Stats(0, 0.0, v, v, t, v, t, v, 0.0, 0)
@@ -192,3 +202,19 @@ def close(a: float | None, b: float | None, rel: float = 1e-9) -> bool:
     if a is None or b is None:
         return a is b
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
+
+
+@contextmanager
+def login_as(role: str, superuser_dsn: str) -> Iterator[str]:
+    """A DSN logging in as `role` (perfwatch_grafana, perfwatch_writer: NOLOGIN as created) to the
+    database of `superuser_dsn`, with a password of the test's; NOLOGIN again afterwards."""
+    password = secrets.token_urlsafe(18)
+    with psycopg.connect(superuser_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+    params = conninfo_to_dict(superuser_dsn)
+    params.update(user=role, password=password)
+    try:
+        yield make_conninfo(**params)  # type: ignore[arg-type]
+    finally:
+        with psycopg.connect(superuser_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(role)))
