@@ -250,14 +250,15 @@ TCP6 = TCP_HEADER + (
 )
 SOCKSTAT = ("sockets: used 321\nTCP: inuse 4 orphan 1 tw 2 alloc 9 mem 3\nUDP: inuse 5 mem 2\nUDPLITE: inuse 0\n"
             "RAW: inuse 1\nFRAG: inuse 0 memory 4096\n")
+# Connection states from the files (the netlink dump would count this machine's connections).
+FILES = {"tcp": {"netlink": False}}
 SOCKSTAT6 = "TCP6: inuse 2\nUDP6: inuse 3\nUDPLITE6: inuse 0\nRAW6: inuse 0\nFRAG6: inuse 0 memory 0\n"
 
 
 def test_tcp_fake_tree_counts_every_state(start_exporter, tmp_path: Path) -> None:
-    # A procfs other than /proc is read as files (the netlink dump would see this host instead).
     proc = write(tmp_path / "proc", {"net/tcp": TCP4, "net/tcp6": TCP6, "net/sockstat": SOCKSTAT,
                                      "net/sockstat6": SOCKSTAT6})
-    text = start_exporter(only("tcp", procfs=str(proc))).scrape()
+    text = start_exporter(only("tcp", procfs=str(proc), options=FILES)).scrape()
     assert value(text, "perfwatch_scrape_collector_success", collector="tcp") == 1
     states = {dict(k)["state"]: v for k, v in values(text, "perfwatch_tcp_connections").items()}
     assert states == {"established": 2, "syn_sent": 0, "syn_recv": 0, "fin_wait1": 0, "fin_wait2": 0,
@@ -275,7 +276,7 @@ def test_tcp_fake_tree_counts_every_state(start_exporter, tmp_path: Path) -> Non
 
 def test_tcp_without_ipv6(start_exporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {"net/tcp": TCP4, "net/sockstat": SOCKSTAT})
-    text = start_exporter(only("tcp", procfs=str(proc))).scrape()
+    text = start_exporter(only("tcp", procfs=str(proc), options=FILES)).scrape()
     assert value(text, "perfwatch_tcp_connections", state="listen") == 1
     assert frozenset({("protocol", "tcp6"), ("state", "inuse")}) not in values(text, "perfwatch_sockstat_sockets")
 
@@ -386,7 +387,7 @@ def test_fake_host_scrape_is_promtool_clean(start_exporter, tmp_path: Path) -> N
                                      "pressure/cpu": "some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n"})
     sys_root = write(tmp_path / "sys", {**HWMON, "devices/system/cpu/cpu0/cpufreq/scaling_cur_freq": "1000\n"})
     text = start_exporter(only("diskstats", "netdev", "tcp", "pressure", "hwmon", "cpufreq",
-                               procfs=str(proc), sysfs=str(sys_root))).scrape()
+                               procfs=str(proc), sysfs=str(sys_root), options=FILES)).scrape()
     assert all(s.value == 1 for s in samples(text) if s.name == "perfwatch_scrape_collector_success")
     result = promtool("check", "metrics", stdin=text)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr

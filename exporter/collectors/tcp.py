@@ -3,9 +3,10 @@
 Per-state counts come from the kernel's sock_diag netlink dump (what `ss` and node_exporter's
 tcpstat use), or from /proc/net/tcp and tcp6. Both walk the kernel's whole connection hash table,
 but reading /proc/net/tcp costs about 3.4 ms per file on a 24 GiB VM with no connections at all
-(262144 buckets, seq_file restarts), the netlink dump 0.27 ms for both families: netlink is the
-default, /proc/net/tcp* the fallback (and the source when `procfs` is not /proc). Neither builds
-an object per connection. Socket counts come from /proc/net/sockstat and sockstat6.
+(262144 buckets, seq_file restarts), the netlink dump 0.27 ms per address family: netlink is the
+default, /proc/net/tcp* the fallback. Both see the exporter's own network namespace
+(procfs/net is a link to self/net, even under /host/proc). Neither builds an object per
+connection. Socket counts come from /proc/net/sockstat and sockstat6.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def read_bytes(path: str) -> bytes:
 class TCPOptions:
     netlink: bool = dataclasses.field(default=True, metadata={
         "help": "Count connections with a sock_diag netlink dump (about 10x cheaper than reading "
-                "/proc/net/tcp*). false, or a `procfs` other than /proc, reads procfs/net/tcp and tcp6."})
+                "/proc/net/tcp*); false reads procfs/net/tcp and tcp6 instead."})
 
 
 @register
@@ -102,7 +103,7 @@ class TCPCollector(Collector):
     def __init__(self, options: TCPOptions, paths: HostPaths) -> None:
         super().__init__(options, paths)
         self.page_size = os.sysconf("SC_PAGE_SIZE")
-        self.use_netlink = options.netlink and os.path.realpath(paths.procfs) == "/proc"
+        self.use_netlink = options.netlink
 
     def connection_states(self) -> Counter[int]:
         if self.use_netlink:
