@@ -391,3 +391,25 @@ def test_fake_host_scrape_is_promtool_clean(start_exporter, tmp_path: Path) -> N
     assert all(s.value == 1 for s in samples(text) if s.name == "perfwatch_scrape_collector_success")
     result = promtool("check", "metrics", stdin=text)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+def test_malformed_files_fail_their_collector_only_and_are_named_in_the_log(start_exporter, tmp_path: Path) -> None:
+    proc = write(tmp_path / "proc", {
+        "loadavg": "not numbers at all\n",
+        "vmstat": "pgfault lots\n",
+        "net/dev": "header\nheader\n  eth0: 1 2 3\n",  # cut short
+        "pressure/cpu": "some avg10=0.00 total=\n",
+        "sys/fs/file-nr": "1 2\n",
+        "net/sockstat": "TCP: inuse\n",
+        "diskstats": DISKSTATS,  # fine
+    })
+    broken = ("loadavg", "vmstat", "netdev", "pressure", "filefd", "tcp")
+    exporter = start_exporter(only(*broken, "diskstats", procfs=str(proc), options=FILES))
+    text = exporter.scrape()
+    for name in broken:
+        assert value(text, "perfwatch_scrape_collector_success", collector=name) == 0, name
+    assert value(text, "perfwatch_scrape_collector_success", collector="diskstats") == 1
+    assert value(text, "perfwatch_disk_reads_completed_total", device="sda") == 100
+    log = exporter.service.log()
+    for file in ("loadavg", "vmstat", "net/dev", "pressure/cpu", "sys/fs/file-nr", "net/sockstat"):
+        assert f"cannot parse {proc / file}" in log, (file, log)

@@ -24,6 +24,7 @@ import dataclasses
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import psutil
@@ -110,6 +111,15 @@ def info(name: str, documentation: str, value: dict[str, str]) -> InfoMetricFami
 def read_text(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.read()
+
+
+@contextmanager
+def parsing(path: str) -> Iterator[None]:
+    """Name the file in a parsing error, so the log says which file had unexpected content."""
+    try:
+        yield
+    except (ValueError, IndexError, KeyError, StopIteration) as err:
+        raise ValueError(f"cannot parse {path}: {type(err).__name__}: {err}") from err
 
 
 def labelled(family: Metric, rows: Iterator[tuple[Sequence[str], float]]) -> Metric:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, HostPaths, counter, gauge, read_text, register
+from exporter.collectors.base import Collector, HostPaths, counter, gauge, parsing, read_text, register
 from exporter.config import Regex
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector size
@@ -64,16 +64,18 @@ class DiskstatsCollector(Collector):
         self.exclude = options.devices_exclude.compiled
 
     def collect(self) -> Iterator[Metric]:
+        path = self.paths.proc("diskstats")
         rows = []
-        for line in read_text(self.paths.proc("diskstats")).splitlines():
-            fields = line.split()
-            if len(fields) >= 14 and not self.exclude.match(fields[2]):
-                rows.append((fields[2], fields[3:]))
+        with parsing(path):
+            for line in read_text(path).splitlines():
+                fields = line.split()
+                if len(fields) >= 14 and not self.exclude.match(fields[2]):
+                    rows.append((fields[2], [int(v) for v in fields[3:]]))
         for column, name, doc, unit in COUNTERS:
             family = counter(name, doc, labels=["device"])
             for device, values in rows:
                 if column < len(values):
-                    family.add_metric([device], to_base_unit(int(values[column]), unit))
+                    family.add_metric([device], to_base_unit(values[column], unit))
             if family.samples:
                 yield family
         io_now = gauge("disk_io_now", "I/Os in progress right now.", labels=["device"])

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, gauge, read_text, register
+from exporter.collectors.base import Collector, gauge, parsing, read_text, register
 
 
 @register
@@ -15,8 +15,9 @@ class FilefdCollector(Collector):
     description = "File handles allocated by the kernel and the system-wide maximum (fs.file-max)."
 
     def collect(self) -> Iterator[Metric]:
-        # "allocated  free-but-allocated (always 0 since 2.6)  maximum"
-        allocated, _unused, maximum = read_text(self.paths.proc("sys", "fs", "file-nr")).split()
-        yield gauge("filefd_allocated", "File handles allocated (open) system-wide.", float(allocated))
-        yield gauge("filefd_maximum", "Maximum number of file handles the kernel allocates (fs.file-max).",
-                    float(maximum))
+        path = self.paths.proc("sys", "fs", "file-nr")
+        with parsing(path):
+            # "allocated  free-but-allocated (always 0 since 2.6)  maximum"
+            allocated, _unused, maximum = (float(field) for field in read_text(path).split())
+        yield gauge("filefd_allocated", "File handles allocated (open) system-wide.", allocated)
+        yield gauge("filefd_maximum", "Maximum number of file handles the kernel allocates (fs.file-max).", maximum)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, gauge, read_text, register
+from exporter.collectors.base import Collector, gauge, parsing, read_text, register
 
 
 @register
@@ -15,7 +15,9 @@ class LoadavgCollector(Collector):
     description = "Load averages over 1, 5 and 15 minutes."
 
     def collect(self) -> Iterator[Metric]:
-        fields = read_text(self.paths.proc("loadavg")).split()
-        for minutes, text in zip((1, 5, 15), fields[:3], strict=True):
-            yield gauge(f"load{minutes}", f"{minutes}-minute load average (runnable and uninterruptible tasks).",
-                        float(text))
+        path = self.paths.proc("loadavg")
+        with parsing(path):
+            loads = [float(field) for field in read_text(path).split()[:3]]
+            for minutes, load in zip((1, 5, 15), loads, strict=True):
+                yield gauge(f"load{minutes}", f"{minutes}-minute load average (runnable and uninterruptible tasks).",
+                            load)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, HostPaths, counter, read_text, register
+from exporter.collectors.base import Collector, HostPaths, counter, parsing, read_text, register
 from exporter.config import Regex
 
 # Column of /proc/net/dev after "iface:" → (metric, help). Receive columns 0-7, transmit 8-15.
@@ -40,15 +40,18 @@ class NetdevCollector(Collector):
         self.exclude = options.interfaces_exclude.compiled
 
     def collect(self) -> Iterator[Metric]:
+        path = self.paths.proc("net", "dev")
         rows = []
-        for line in read_text(self.paths.proc("net", "dev")).splitlines()[2:]:  # two header lines
-            # Interface names cannot contain ':'; large counters may touch it ("eth0:123").
-            interface, _, values = line.partition(":")
-            interface = interface.strip()
-            if not self.exclude.match(interface):
-                rows.append((interface, values.split()))
-        for column, name, doc in COLUMNS:
+        with parsing(path):
+            for line in read_text(path).splitlines()[2:]:  # two header lines
+                # Interface names cannot contain ':'; large counters may touch it ("eth0:123").
+                interface, _, values = line.partition(":")
+                interface = interface.strip()
+                if not self.exclude.match(interface):
+                    numbers = [float(v) for v in values.split()]
+                    rows.append((interface, [numbers[column] for column, _, _ in COLUMNS]))
+        for i, (_, name, doc) in enumerate(COLUMNS):
             family = counter(name, doc, labels=["interface"])
             for interface, values in rows:
-                family.add_metric([interface], float(values[column]))
+                family.add_metric([interface], values[i])
             yield family

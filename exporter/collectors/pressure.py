@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, counter, read_text, register
+from exporter.collectors.base import Collector, counter, parsing, read_text, register
 
 RESOURCES = ("cpu", "memory", "io")
 KINDS = {
@@ -23,8 +23,9 @@ class PressureCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for resource in RESOURCES:
+            path = self.paths.proc("pressure", resource)
             try:
-                text = read_text(self.paths.proc("pressure", resource))
+                text = read_text(path)
             except OSError as err:
                 # No /proc/pressure (kernel without PSI, or psi=0) or EOPNOTSUPP: nothing to report.
                 if err.errno in (errno.ENOENT, errno.EOPNOTSUPP):
@@ -34,8 +35,7 @@ class PressureCollector(Collector):
                 kind, _, fields = line.partition(" ")
                 if kind not in KINDS:
                     continue
-                total = fields.rpartition("total=")[2]
+                with parsing(path):
+                    total = int(fields.rpartition("total=")[2]) / 1e6  # microseconds
                 suffix, doc = KINDS[kind]
-                # total= is in microseconds.
-                yield counter(f"pressure_{resource}_{suffix}_seconds_total", doc.format(resource),
-                              int(total) / 1e6)
+                yield counter(f"pressure_{resource}_{suffix}_seconds_total", doc.format(resource), total)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, gauge, read_text, register
+from exporter.collectors.base import Collector, gauge, parsing, read_text, register
 
 # The state letter of /proc/<pid>/stat (proc(5)). Every name is always emitted (0 included) so
 # that a state going away reads as 0, not as a missing series.
@@ -44,20 +44,24 @@ class ProcessesCollector(Collector):
         with os.scandir(proc) as entries:
             pids = [e.name for e in entries if e.name.isdigit()]
         for pid in pids:
-            stat = read_stat(f"{proc}/{pid}/stat")
+            path = f"{proc}/{pid}/stat"
+            stat = read_stat(path)
             if not stat:
                 continue
-            # "pid (comm) S ppid ...": comm may hold spaces and ')', so split after the last ')'.
-            fields = stat[stat.rindex(b")") + 2:].split(None, 18)
+            with parsing(path):
+                # "pid (comm) S ppid ...": comm may hold spaces and ')', so split after the last ')'.
+                fields = stat[stat.rindex(b")") + 2:].split(None, 18)
+                threads += int(fields[17])  # num_threads, field 20 of proc(5)
             states[fields[0]] += 1
-            threads += int(fields[17])  # num_threads, field 20 of proc(5)
         family = gauge("processes", "Processes in each state.", labels=["state"])
         for code, state in STATES.items():
             family.add_metric([state], float(states.pop(code, 0)))
         yield family
         yield gauge("threads", "Threads of all processes.", float(threads))
         kernel = self.paths.proc("sys", "kernel")
-        yield gauge("processes_max", "Process ids wrap around at this value (kernel.pid_max).",
-                    float(read_text(f"{kernel}/pid_max")))
-        yield gauge("threads_max", "Most threads the system allows (kernel.threads-max).",
-                    float(read_text(f"{kernel}/threads-max")))
+        for name, file, doc in (("processes_max", "pid_max", "Process ids wrap around at this value (kernel.pid_max)."),
+                                ("threads_max", "threads-max", "Most threads the system allows (kernel.threads-max).")):
+            path = f"{kernel}/{file}"
+            with parsing(path):
+                limit = float(read_text(path))
+            yield gauge(name, doc, limit)

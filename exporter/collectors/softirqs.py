@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, counter, read_text, register
+from exporter.collectors.base import Collector, counter, parsing, read_text, register
 
 
 @register
@@ -17,8 +17,10 @@ class SoftirqsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         family = counter("softirqs_total", "Soft interrupts serviced since boot, summed over CPUs.",
                          labels=["type"])
-        for line in read_text(self.paths.proc("softirqs")).splitlines()[1:]:  # first line: CPU names
-            kind, _, counts = line.partition(":")
-            if counts:
-                family.add_metric([kind.strip().lower()], float(sum(map(int, counts.split()))))
+        path = self.paths.proc("softirqs")
+        with parsing(path):
+            for line in read_text(path).splitlines()[1:]:  # first line: CPU names
+                kind, _, counts = line.partition(":")
+                if counts:
+                    family.add_metric([kind.strip().lower()], float(sum(map(int, counts.split()))))
         yield family

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, counter, gauge, read_text, register
+from exporter.collectors.base import Collector, counter, gauge, parsing, read_text, register
 
 # /proc/stat key → (metric, help, is counter). `intr` starts with the total over all interrupts.
 FIELDS = {
@@ -24,11 +24,13 @@ class StatCollector(Collector):
     description = "Context switches, interrupts, forks, runnable and blocked tasks (/proc/stat)."
 
     def collect(self) -> Iterator[Metric]:
-        for line in read_text(self.paths.proc("stat")).splitlines():
-            key, _, rest = line.partition(" ")
-            field = FIELDS.get(key)
-            if field is None:
-                continue
-            name, doc, is_counter = field
-            value = float(rest.split(None, 1)[0])
-            yield counter(name, doc, value) if is_counter else gauge(name, doc, value)
+        path = self.paths.proc("stat")
+        with parsing(path):
+            for line in read_text(path).splitlines():
+                key, _, rest = line.partition(" ")
+                field = FIELDS.get(key)
+                if field is None:
+                    continue
+                name, doc, is_counter = field
+                value = float(rest.split(None, 1)[0])
+                yield counter(name, doc, value) if is_counter else gauge(name, doc, value)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, HostPaths, gauge, read_text, register
+from exporter.collectors.base import Collector, HostPaths, gauge, parsing, read_text, register
 
 log = logging.getLogger(__name__)
 
@@ -136,24 +136,26 @@ class TCPCollector(Collector):
         memory = gauge("sockstat_memory_bytes", "Memory used by the protocol's socket buffers.", labels=["protocol"])
         used = None
         for name in ("sockstat", "sockstat6"):
+            path = self.paths.proc("net", name)
             try:
-                text = read_text(self.paths.proc("net", name))
+                text = read_text(path)
             except FileNotFoundError:
                 continue
-            for line in text.splitlines():
-                # "TCP: inuse 1 orphan 0 tw 0 alloc 1 mem 32": key/value pairs after the protocol.
-                protocol, _, rest = line.partition(":")
-                pairs = rest.split()
-                protocol = protocol.lower()
-                for key, value in zip(pairs[::2], pairs[1::2], strict=False):
-                    if protocol == "sockets" and key == "used":
-                        used = float(value)
-                    elif key == "mem":  # pages
-                        memory.add_metric([protocol], float(int(value) * self.page_size))
-                    elif key == "memory":  # FRAG: already bytes
-                        memory.add_metric([protocol], float(value))
-                    else:
-                        sockets.add_metric([protocol, key], float(value))
+            with parsing(path):
+                for line in text.splitlines():
+                    # "TCP: inuse 1 orphan 0 tw 0 alloc 1 mem 32": key/value pairs after the protocol.
+                    protocol, _, rest = line.partition(":")
+                    pairs = rest.split()
+                    protocol = protocol.lower()
+                    for key, value in zip(pairs[::2], pairs[1::2], strict=True):
+                        if protocol == "sockets" and key == "used":
+                            used = float(value)
+                        elif key == "mem":  # pages
+                            memory.add_metric([protocol], float(int(value) * self.page_size))
+                        elif key == "memory":  # FRAG: already bytes
+                            memory.add_metric([protocol], float(value))
+                        else:
+                            sockets.add_metric([protocol, key], float(value))
         if used is not None:
             yield gauge("sockets_used", "Sockets in use, all protocols together.", used)
         yield sockets

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, gauge, read_text, register
+from exporter.collectors.base import Collector, gauge, parsing, read_text, register
 
 
 @register
@@ -20,7 +20,9 @@ class TimeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.boot_time is None:
             # btime only changes with a reboot, which restarts the exporter too: read it once.
-            self.boot_time = next(float(line.split()[1]) for line in read_text(self.paths.proc("stat")).splitlines()
-                                  if line.startswith("btime "))
+            path = self.paths.proc("stat")
+            with parsing(path):
+                self.boot_time = next(float(line.split()[1]) for line in read_text(path).splitlines()
+                                      if line.startswith("btime "))
         yield gauge("boot_time_seconds", "When the system booted, in seconds since the epoch.", self.boot_time)
         yield gauge("time_seconds", "The system clock, in seconds since the epoch.", time.time())

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, counter, read_text, register
+from exporter.collectors.base import Collector, counter, parsing, read_text, register
 
 # /proc/vmstat key → (metric, help, multiplier to the base unit). pgpgin/pgpgout are in KiB
 # (the kernel turns sectors into kilobytes before printing them), whatever their name says.
@@ -25,9 +25,11 @@ class VmstatCollector(Collector):
     description = "Page faults, major page faults, bytes paged in and out, OOM kills (/proc/vmstat)."
 
     def collect(self) -> Iterator[Metric]:
-        for line in read_text(self.paths.proc("vmstat")).splitlines():
-            key, _, value = line.partition(" ")
-            field = FIELDS.get(key)
-            if field is not None:
-                name, doc, scale = field
-                yield counter(name, doc, float(int(value) * scale))
+        path = self.paths.proc("vmstat")
+        with parsing(path):
+            for line in read_text(path).splitlines():
+                key, _, value = line.partition(" ")
+                field = FIELDS.get(key)
+                if field is not None:
+                    name, doc, scale = field
+                    yield counter(name, doc, float(int(value) * scale))
