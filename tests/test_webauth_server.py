@@ -1,4 +1,5 @@
-"""Basic auth, TLS and mutual TLS on the exporter as a real process, scraped by a real Prometheus."""
+"""Basic auth, TLS and mutual TLS on the exporter as a real process, scraped by a real Prometheus and by the
+archiver's scraper with Prometheus-shaped client settings (archiver/scrapeauth.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,27 @@ from pathlib import Path
 import bcrypt
 import pytest
 import requests
+import sqlalchemy as sa
 import yaml
+from cryptography.hazmat.primitives import serialization
 from support.pki import PKI
 from support.procs import REPO, Service, free_port, python_module
 from support.prometheus import Prometheus, promtool
+
+from archiver import db
+from archiver.migrate import apply_migrations
+from archiver.policy import Policy, mirror_policy
+from archiver.scrape import HTTP_STATUS, UNREACHABLE, ScrapeError, Target, TargetScraper
+from archiver.scrapeauth import (
+    AuthorizationConfig,
+    BasicAuthConfig,
+    TLSClientConfig,
+    apply_client_auth,
+    validate_client_auth,
+)
+from archiver.store import Store
+from exporter.config import ConfigError, from_mapping
+from exporter.web import METRICS_CONTENT_TYPE, Request, Response, WebServer
 
 PASSWORD = "s3cret \"quoted\" \\ ünïcødé '; DROP TABLE metric; --"
 ODD_USER = "grafana ✓"
@@ -267,3 +285,143 @@ def test_bad_web_config_exits_2_naming_the_key(tmp_path: Path, pki: PKI) -> None
     assert "hunter2" not in result.stderr
     result = run_cli("--web-config", str(tmp_path / "nowhere.yml"))
     assert result.returncode == 2 and "cannot read config file" in result.stderr
+
+
+# -- the archiver as a client: Prometheus-shaped basic_auth / authorization / tls_config ----------
+
+def archiver_scraper(exporter: SecureExporter, pki: PKI, tmp_path: Path, *, password: str = PASSWORD,
+                     client_cert: bool = True, **tls: object) -> TargetScraper:
+    password_file = tmp_path / "exporter-password"
+    password_file.write_text(password + "\n")  # a trailing newline, as `echo` leaves it
+    tls_config = {"ca_file": str(pki.ca), **tls}
+    if client_cert:
+        tls_config |= {"cert_file": str(pki.client_cert), "key_file": str(pki.client_key)}
+    scraper = TargetScraper(Target(url=f"https://127.0.0.1:{exporter.port}/metrics", job="perfwatch",
+                                   instance=f"127.0.0.1:{exporter.port}", timeout=10))
+    apply_client_auth(scraper.session,
+                      basic_auth=from_mapping(BasicAuthConfig, {"username": "prometheus",
+                                                                "password_file": str(password_file)}),
+                      tls_config=from_mapping(TLSClientConfig, tls_config))
+    return scraper
+
+
+def test_archiver_scrapes_the_authenticated_tls_exporter_and_stores(mtls_exporter: SecureExporter, pki: PKI,
+                                                                    tmp_path: Path, pg_dsn: str) -> None:
+    scraper = archiver_scraper(mtls_exporter, pki, tmp_path)
+    try:
+        batch = scraper.scrape()
+    finally:
+        scraper.close()
+    names = {s.name for s in batch.samples}
+    assert "perfwatch_scrape_collector_success" in names and batch.instance == f"127.0.0.1:{mtls_exporter.port}"
+    engine = db.make_engine(pg_dsn)
+    try:
+        apply_migrations(engine)
+        mirror_policy(engine, Policy())
+        stored = Store(engine).write(batch)
+        with engine.connect() as conn:
+            count = conn.execute(sa.text("SELECT count(*) FROM perfwatch.sample")).scalar()
+    finally:
+        engine.dispose()
+    assert stored == count == len(batch.samples) > 50
+
+
+def test_archiver_scrape_failures_have_reasons(mtls_exporter: SecureExporter, pki: PKI, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # requests lets this variable override a session's CA choice; a target's ca_file must win.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki.ca))
+    cases = [
+        ({"password": "wrong"}, HTTP_STATUS, "401"),
+        ({"client_cert": False}, UNREACHABLE, ""),  # the server ends the handshake
+        ({"server_name": "db.elsewhere.example"}, UNREACHABLE, "db.elsewhere.example"),
+        ({"ca_file": str(pki.client_ca)}, UNREACHABLE, "CERTIFICATE_VERIFY_FAILED"),
+    ]
+    for kwargs, reason, words in cases:
+        scraper = archiver_scraper(mtls_exporter, pki, tmp_path, **kwargs)  # type: ignore[arg-type]
+        try:
+            with pytest.raises(ScrapeError) as caught:
+                scraper.scrape()
+        finally:
+            scraper.close()
+        assert caught.value.reason == reason and words in caught.value.message, (kwargs, caught.value.message)
+        assert PASSWORD not in caught.value.message
+    # server_name that the certificate carries, and insecure_skip_verify with a CA that does not sign it.
+    for tls in ({"server_name": "localhost"}, {"ca_file": str(pki.client_ca), "insecure_skip_verify": True}):
+        scraper = archiver_scraper(mtls_exporter, pki, tmp_path, **tls)  # type: ignore[arg-type]
+        try:
+            assert scraper.scrape().samples
+        finally:
+            scraper.close()
+
+
+def test_archiver_rereads_the_password_file(auth_exporter: SecureExporter, tmp_path: Path) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text("old and wrong")
+    scraper = TargetScraper(Target(url=f"{auth_exporter.url}/metrics", job="perfwatch", instance="x", timeout=10))
+    apply_client_auth(scraper.session, basic_auth=BasicAuthConfig("prometheus", password_file=str(password_file)))
+    try:
+        with pytest.raises(ScrapeError, match="401"):
+            scraper.scrape()
+        password_file.write_text(PASSWORD)  # rotated: no restart needed
+        assert scraper.scrape().samples
+        password_file.unlink()
+        with pytest.raises(ScrapeError, match="cannot read the secret file"):
+            scraper.scrape()
+    finally:
+        scraper.close()
+
+
+def test_archiver_sends_bearer_tokens(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("t0ken-ünï\n")
+    seen: list[str] = []
+
+    def echo(request: Request) -> Response:
+        seen.append(request.header("authorization"))
+        return Response(200, b"# TYPE up gauge\nup 1\n", METRICS_CONTENT_TYPE)
+
+    server = WebServer("127.0.0.1", 0, {"/metrics": echo}, server_name="test")
+    server.start()
+    try:
+        scraper = TargetScraper(Target(url=f"http://127.0.0.1:{server.port}/metrics", job="j", instance="i"))
+        apply_client_auth(scraper.session, authorization=from_mapping(
+            AuthorizationConfig, {"type": "Bearer", "credentials_file": str(token_file)}))
+        assert scraper.scrape().samples
+        scraper.close()
+    finally:
+        server.stop()
+    assert seen == ["Bearer t0ken-ünï".encode().decode("latin-1")]  # UTF-8 bytes on the wire
+
+
+@pytest.mark.parametrize(("cls", "data", "key", "words"), [
+    (BasicAuthConfig, {"username": "u", "password_file": "/nonexistent"}, "t.password_file", "No such file"),
+    (BasicAuthConfig, {"username": "u", "password": "p", "password_file": "/etc/hostname"}, "t.password_file",
+     "not both"),
+    (BasicAuthConfig, {"password": "p"}, "t.username", "required"),
+    (BasicAuthConfig, {"username": "u", "pasword": "p"}, "t.pasword", "did you mean 'password'"),
+    (AuthorizationConfig, {"type": "Basic", "credentials": "x"}, "t.type", "basic_auth"),
+    (AuthorizationConfig, {"type": "Bearer"}, "t.credentials_file", "set credentials"),
+    (TLSClientConfig, {"cert_file": "/etc/hostname"}, "t.key_file", "go together"),
+    (TLSClientConfig, {"ca_file": "/etc/hostname"}, "t.ca_file", "cannot load"),
+    (TLSClientConfig, {"min_version": "TLS11"}, "t.min_version", "must be one of"),
+])
+def test_archiver_client_config_errors_name_the_key(cls: type, data: dict[str, object], key: str,
+                                                    words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(cls, data, "t")
+    assert caught.value.key == key and words in str(caught.value), caught.value
+
+
+def test_archiver_client_key_errors(pki: PKI, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"t.key_file.*not a certificate and its key"):
+        from_mapping(TLSClientConfig, {"cert_file": str(pki.client_cert), "key_file": str(pki.server_key)}, "t")
+    key = serialization.load_pem_private_key(pki.client_key.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"pass")))
+    with pytest.raises(ConfigError, match="encrypted"):
+        from_mapping(TLSClientConfig, {"cert_file": str(pki.client_cert), "key_file": str(encrypted)}, "t")
+    with pytest.raises(ConfigError, match="not both"):
+        validate_client_auth("t", BasicAuthConfig("u", "p"), AuthorizationConfig(credentials="x"))
+    assert "s3cr3t" not in repr(BasicAuthConfig("u", password="s3cr3t"))
+    assert "s3cr3t" not in repr(AuthorizationConfig(credentials="s3cr3t"))
