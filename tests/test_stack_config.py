@@ -194,7 +194,8 @@ def test_services_get_exactly_the_secrets_their_config_reads() -> None:
     archiver_cfg = yaml.safe_load((REPO / "provisioning/perfwatch/archiver.yml").read_text())
     assert {secret_path(s) for s in SERVICES["archiver"]["secrets"]} == {archiver_cfg["database"]["dsn_file"]}
     init = (REPO / "provisioning/postgres/10-perfwatch-roles.sh").read_text()
-    postgres_reads = set(re.findall(r"/run/secrets/\w+", init))
+    assert 'secrets="${PERFWATCH_SECRETS_DIR:-/run/secrets}"' in init
+    postgres_reads = {secret_path(name) for name in re.findall(r'"\$secrets/(\w+)"', init)}
     postgres_reads.add(SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"])
     assert {secret_path(s) for s in SERVICES["postgres"]["secrets"]} == postgres_reads
 
@@ -228,7 +229,7 @@ def test_generate_makes_every_secret_random_private_and_consistent(tmp_path: Pat
     assert all(re.search(p, admin) for p in ("[A-Z]", "[a-z]", "[0-9]", "[^A-Za-z0-9]")) and len(admin) >= 12
     dsn = conninfo_to_dict((first / "archiver_dsn").read_text())
     assert dsn["password"] == (first / "archiver_db_password").read_text()
-    assert (dsn["host"], dsn["dbname"], dsn["user"]) == ("postgres", "perfwatch", "perfwatch_archiver")
+    assert (dsn["host"], dsn["dbname"], dsn["user"]) == ("postgres", "perfwatch", "perfwatch_writer")
     # Running it again keeps what exists.
     before = {name: (first / name).read_text() for name in names}
     out = subprocess.run([str(generate), str(first)], check=True, capture_output=True, text=True).stdout

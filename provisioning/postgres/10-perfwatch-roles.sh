@@ -1,15 +1,24 @@
 #!/bin/bash
-# Runs once, when the postgres container initialises an empty data volume (docker-entrypoint-initdb.d).
-# Creates the two login roles perfwatch uses, with the passwords from compose's secret files:
-#   perfwatch_archiver  owns the database, so it can apply the archive's migrations (sql/);
-#   perfwatch_grafana   logs in for Grafana; the migrations grant it read-only access.
+# Runs once, when the postgres container initialises an empty data volume (docker-entrypoint-initdb.d),
+# before the archiver's first start: gives the archive's two roles a login and the passwords from
+# compose's secret files. The archive's first migration (sql/migrations/0001_roles.sql) finds the
+# roles existing and leaves them as they are here:
+#   perfwatch_writer   the archiver's login; owns the database, so it applies the migrations
+#                      and owns the archive;
+#   perfwatch_grafana  Grafana's login; the migrations grant it read access. 0001 gives a role it
+#                      creates these defaults, so they are set here too: read-only transactions,
+#                      a statement timeout and the archive's schema on the search path.
 set -euo pipefail
-archiver_password="$(cat /run/secrets/archiver_db_password)"
-grafana_password="$(cat /run/secrets/grafana_db_password)"
-# psql variables (:'name') quote the passwords as SQL literals, whatever they contain.
+secrets="${PERFWATCH_SECRETS_DIR:-/run/secrets}"
+writer_password="$(<"$secrets/archiver_db_password")"
+grafana_password="$(<"$secrets/grafana_db_password")"
+# psql's :'name' quotes the passwords as SQL literals, whatever they contain.
 psql --no-psqlrc -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-    -v archiver_password="$archiver_password" -v grafana_password="$grafana_password" <<'SQL'
-CREATE ROLE perfwatch_archiver LOGIN PASSWORD :'archiver_password';
-CREATE ROLE perfwatch_grafana LOGIN PASSWORD :'grafana_password';
-ALTER DATABASE :"DBNAME" OWNER TO perfwatch_archiver;
+    -v writer_password="$writer_password" -v grafana_password="$grafana_password" <<'SQL'
+CREATE ROLE perfwatch_writer LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD :'writer_password';
+CREATE ROLE perfwatch_grafana LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD :'grafana_password';
+ALTER ROLE perfwatch_grafana SET default_transaction_read_only = on;
+ALTER ROLE perfwatch_grafana SET statement_timeout = '30s';
+ALTER ROLE perfwatch_grafana SET search_path = perfwatch, public;
+ALTER DATABASE :"DBNAME" OWNER TO perfwatch_writer;
 SQL

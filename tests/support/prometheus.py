@@ -24,11 +24,11 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 class Prometheus:
     """Prometheus on a free loopback port with the config given, storing into `workdir`."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], port: int | None = None) -> None:
         exe = shutil.which("prometheus")
         if exe is None:
             raise RuntimeError("prometheus not found: install Debian's prometheus package (scripts/test does)")
-        self.port = free_port()
+        self.port = port or free_port()  # given when the config must name it (Prometheus scraping itself)
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
         config_path = workdir / "prometheus.yml"
