@@ -66,12 +66,12 @@ class Policy:
             if below_resolution and (res <= below_resolution or res % below_resolution):
                 raise ConfigError(join_key(tier_key, "resolution"),
                                   f"must be a whole multiple (2x or more) of the tier below "
-                                  f"({format_duration(below_resolution)}), since it is rolled up from it")
+                                  f"({_show(below_resolution)}), since it is rolled up from it")
             if ret < res:
                 raise ConfigError(join_key(tier_key, "retention"), "must be at least the tier's resolution")
             if ret < below_retention:
                 raise ConfigError(join_key(tier_key, "retention"),
-                                  f"must be at least {below_key} ({format_duration(below_retention)}): a coarser "
+                                  f"must be at least {below_key} ({_show(below_retention)}): a coarser "
                                   "tier keeps a period after the finer one has dropped it")
             below_resolution, below_retention, below_key = res, ret, join_key(tier_key, "retention")
 
@@ -79,6 +79,11 @@ class Policy:
         """(level, tier name, resolution seconds, retention seconds), raw first."""
         return [(0, RAW, 0.0, float(self.raw_retention))] + [
             (i, t.name, float(t.resolution), float(t.retention)) for i, t in enumerate(self.tiers, 1)]
+
+
+def _show(seconds: float) -> str:
+    # 90d rather than format_duration's 12w6d
+    return f"{int(seconds // 86400)}d" if seconds >= 86400 and seconds % 86400 == 0 else format_duration(seconds)
 
 
 def mirror_policy(engine: sa.Engine, policy: Policy) -> None:
