@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -66,6 +67,20 @@ def secret_path(name: str) -> str:
 
 def test_compose_has_the_whole_stack() -> None:
     assert set(SERVICES) == {"postgres", "exporter", "archiver", "prometheus", "grafana"}
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    """Debian's docker-compose (1.29) validates the file against the compose schema; no engine needed."""
+    exe = shutil.which("docker-compose")
+    assert exe, "docker-compose not found: install Debian's docker-compose package (scripts/test does)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "COMPOSE_"))}
+    result = subprocess.run([exe, "--file", str(REPO / "compose.yaml"), "config"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert set(resolved["services"]) == set(SERVICES)
+    assert resolved["services"]["grafana"]["ports"] == ["127.0.0.1:3000:3000/tcp"]
+    assert all("ports" not in s for n, s in resolved["services"].items() if n != "grafana")
 
 
 def test_every_repository_file_compose_mounts_exists() -> None:
