@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,33 @@ def test_dockerfile_base_image_is_pinned_and_copies_what_exists() -> None:
         if line.startswith("COPY ") and "--from" not in line:
             for source in line.split()[1:-1]:
                 assert ignored_everything and source.split("/")[0] in allowed, f"{source} is left out by .dockerignore"
-                if source != "sql":  # created by the archive's migrations; empty until they land
-                    assert (REPO / source).exists(), line
+                assert (REPO / source).exists(), line
+
+
+def test_image_finds_the_archive_migrations_where_the_dockerfile_puts_them(tmp_path: Path) -> None:
+    """The build context (what .dockerignore lets through), laid out as the Dockerfile does under
+    /opt/perfwatch: the installed-in-place packages must find sql/ beside them."""
+    rules = (REPO / ".dockerignore").read_text().splitlines()
+    allowed = [line[1:].rstrip("/") for line in rules if line.startswith("!")]
+    context = tmp_path / "opt-perfwatch"
+    for name in allowed:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            context.mkdir(exist_ok=True)
+            shutil.copy(source, context / name)
+    probe = ("import archiver.db, exporter.cli, archiver.migrate as m; "
+             "print(archiver.db.SQL_DIR); print(len(m.discover()))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(context)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    sql_dir, migrations = result.stdout.split()
+    assert Path(sql_dir) == context / "sql" and int(migrations) >= 4
+    scripts = re.findall(r'^(perfwatch-\w+) = ', (REPO / "pyproject.toml").read_text(), re.M)
+    assert "perfwatch-exporter" in scripts
+    commands = {SERVICES[name]["command"][0] for name in ("exporter", "archiver")}
+    assert commands <= {*scripts, "perfwatch-archiver"}
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -303,6 +329,21 @@ def test_datasources_have_pinned_uids_and_no_stored_password() -> None:
         assert "password" not in d and "basicAuthPassword" not in d
         for value in (d.get("secureJsonData") or {}).values():
             assert FILE_REF.fullmatch(value), f"{d['uid']}: a secret not read from a file"
+
+
+def test_provisioning_files_use_dollar_only_for_file_secrets() -> None:
+    """Grafana expands $VAR and ${VAR} from its environment in every provisioning value ($$ is a
+    literal $): a stray $ would be replaced by an empty string."""
+    def strings(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            return [s for value in node.values() for s in strings(value)]
+        if isinstance(node, list):
+            return [s for value in node for s in strings(value)]
+        return [node] if isinstance(node, str) else []
+
+    for path in (REPO / "provisioning/grafana").rglob("*.yaml"):
+        for value in strings(yaml.safe_load(path.read_text())):
+            assert "$" not in FILE_REF.sub("", value), f"{path}: {value!r} has a $ Grafana would expand"
 
 
 def test_prometheus_datasource_interval_is_the_scrape_interval() -> None:
