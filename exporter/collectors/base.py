@@ -108,9 +108,21 @@ def info(name: str, documentation: str, value: dict[str, str]) -> InfoMetricFami
     return InfoMetricFamily(metric_name(name), documentation, value=value)
 
 
+def read_bytes(path: str) -> bytes:
+    # Plain os.read: half the cost of open()'s buffered text layer for a small /proc file, and
+    # a scrape reads a few dozen of them. /proc files are read to EOF: one read may not hold all.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def read_text(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read()
+    return read_bytes(path).decode("utf-8", "replace")
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, HostPaths, gauge, parsing, read_text, register
+from exporter.collectors.base import Collector, HostPaths, gauge, parsing, read_bytes, read_text, register
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,6 @@ def count_netlink_states(family: int) -> Counter[int]:
                 offset += (length + 3) & ~3
             if not data:
                 raise OSError("sock_diag dump ended without NLMSG_DONE")
-
-
-def read_bytes(path: str) -> bytes:
-    # /proc/net/tcp is generated as it is read; a big buffer means fewer, larger reads.
-    with open(path, "rb", buffering=0) as f:
-        chunks = []
-        while chunk := f.read(1 << 20):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @dataclasses.dataclass
