@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 LAST_SEEN_REFRESH_MS = 3_600_000  # series.last_seen is refreshed at most hourly per series
+COPY_TYPES = ["int4", "timestamptz", "float8"]
+BEGIN_WRITE = sa.select(sa.literal_column("*")).select_from(db.fn("begin_write").alias("f"))
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -107,7 +109,7 @@ class Store:
         with self.engine.connect() as conn:
             try:
                 with conn.begin():
-                    guard = db.call_table(conn, "begin_write")[0]
+                    guard = conn.execute(BEGIN_WRITE).one()
                     refuse_ms = _to_ms(guard.refuse_before)
                     if refuse_ms is not None:
                         kept = [s for s in samples if s.timestamp_ms >= refuse_ms]
@@ -119,10 +121,9 @@ class Store:
                     if not rows:
                         return 0
                     new_partitions = self._ensure_partitions(conn, rows)
+                    lo_ms, hi_ms = min(r[1] for r in rows), max(r[1] for r in rows)
                     inserted = self._copy(conn, rows, staged=staged)
-                    lo_ms = min(r[1] for r in rows)
                     if inserted and guard.first_watermark is not None and lo_ms < _to_ms(guard.first_watermark):
-                        hi_ms = max(r[1] for r in rows)
                         conn.execute(sa.select(db.fn("note_late", guard.first_tier, _ts(lo_ms), _ts(hi_ms))))
             except Exception:
                 if conn.connection.dbapi_connection is not None and conn.connection.dbapi_connection.closed:
@@ -139,48 +140,48 @@ class Store:
     def _resolve(self, conn: sa.Connection, batch: Batch, samples: list[Sample], drops: dict[str, tuple[int, str]],
                  new_metrics: dict[str, tuple[int, MetricMeta]], new_series: dict[SeriesKey, _SeriesEntry],
                  refreshed: list[_SeriesEntry]) -> list[tuple[int, int, float]]:
-        """(series id, ms, value) for each sample, creating metrics and series as needed."""
-        metrics = self._metrics
+        """(series id, ms, value) for each sample, creating metrics and series as needed.
+
+        The hot path: one pass over the samples and a dictionary lookup each."""
         series = self._series
+        rows = []
         missing: dict[SeriesKey, int] = {}  # key → first ms in this batch
+        stale: set[_SeriesEntry] = set()
+        refresh_before = batch.scraped_at_ms - LAST_SEEN_REFRESH_MS
         for s in samples:
             key = (s.name, s.labels)
-            if key not in series and (key not in missing or s.timestamp_ms < missing[key]):
-                missing[key] = s.timestamp_ms
-        changed_meta = {}
-        for s in samples:
-            meta = batch.metadata.get(s.name) or _guess_meta(s.name)
-            known = metrics.get(s.name)
-            if (known is None or known[1] != meta) and s.name not in changed_meta:
-                changed_meta[s.name] = meta
-        if changed_meta:
-            new_metrics.update(self._upsert_metrics(conn, changed_meta))
-        unstorable: set[SeriesKey] = set()
+            entry = series.get(key)
+            if entry is None:
+                if key not in missing or s.timestamp_ms < missing[key]:
+                    missing[key] = s.timestamp_ms
+                continue
+            rows.append((entry.id, s.timestamp_ms, s.value))
+            if entry.last_seen_ms <= refresh_before:
+                stale.add(entry)
+        metrics = self._metrics
+        changed = {name: meta for name, meta in batch.metadata.items()
+                   if (known := metrics.get(name)) is None or known[1] != meta}
+        for name, _ in missing:
+            if name not in metrics and name not in changed:
+                changed[name] = batch.metadata.get(name) or _guess_meta(name)
+        if changed:
+            new_metrics.update(self._upsert_metrics(conn, changed))
         if missing:
-            for key in missing:
-                if not _storable(key):
-                    unstorable.add(key)
+            unstorable = sorted(key for key in missing if not _storable(key))
             for key in unstorable:
                 del missing[key]
             if missing:
-                new_series.update(self._upsert_series(conn, missing, {**metrics, **new_metrics}, batch))
-        rows = []
-        stale = []
-        skipped = 0
-        for s in samples:
-            key = (s.name, s.labels)
-            entry = series.get(key) or new_series.get(key)
-            if entry is None:
-                skipped += 1
-                continue
-            rows.append((entry.id, s.timestamp_ms, s.value))
-            if s.timestamp_ms - entry.last_seen_ms >= LAST_SEEN_REFRESH_MS and key not in new_series:
-                stale.append(entry)
-        if skipped:
-            drops["unstorable"] = (skipped, "a label name or value holds a NUL character or invalid unicode, "
-                                   f"which PostgreSQL cannot store (metric {sorted(unstorable)[0][0]})")
+                new_series.update(self._upsert_series(conn, missing, {**metrics, **new_metrics}))
+                for s in samples:
+                    entry = new_series.get((s.name, s.labels))
+                    if entry is not None:
+                        rows.append((entry.id, s.timestamp_ms, s.value))
+            if unstorable:
+                skipped = sum(1 for s in samples if (s.name, s.labels) in set(unstorable))
+                drops["unstorable"] = (skipped, "a label name or value holds a NUL character or invalid unicode, "
+                                       f"which PostgreSQL cannot store (metric {unstorable[0][0]})")
         if stale:
-            ids = sorted({e.id for e in stale})
+            ids = sorted(e.id for e in stale)
             conn.execute(sa.update(db.series).where(db.series.c.id.in_(ids))
                          .values(last_seen=sa.func.greatest(db.series.c.last_seen, _ts(batch.scraped_at_ms))))
             refreshed.extend(stale)
@@ -202,7 +203,7 @@ class Store:
         return {name: (ids[name], meta) for name, meta in metas.items()}
 
     def _upsert_series(self, conn: sa.Connection, missing: dict[SeriesKey, int],
-                       metrics: dict[str, tuple[int, MetricMeta]], batch: Batch) -> dict[SeriesKey, _SeriesEntry]:
+                       metrics: dict[str, tuple[int, MetricMeta]]) -> dict[SeriesKey, _SeriesEntry]:
         by_db_key: dict[tuple[int, tuple[tuple[str, str], ...]], SeriesKey] = {}
         rows = []
         for key, first_ms in missing.items():
@@ -235,31 +236,20 @@ class Store:
         return needed
 
     def _copy(self, conn: sa.Connection, rows: list[tuple[int, int, float]], *, staged: bool) -> int:
-        data = _copy_text(rows)
+        # Binary COPY: psycopg's C code packs the rows, the server parses no text, and a double
+        # travels as its 8 bytes (exact, infinities included).
+        stamps = {ms: EPOCH + dt.timedelta(milliseconds=ms) for ms in {r[1] for r in rows}}  # a scrape shares a few
         cur = db.psycopg_connection(conn).cursor()
+        if staged:
+            cur.execute(db.sql_text("store_stage_create"))
+        with cur.copy(db.sql_text("store_stage_copy" if staged else "store_copy_sample")) as copy:
+            copy.set_types(COPY_TYPES)
+            for series_id, ms, value in rows:
+                copy.write_row((series_id, stamps[ms], value))
         if not staged:
-            with cur.copy(db.sql_text("store_copy_sample")) as copy:
-                copy.write(data)
             return len(rows)
-        cur.execute(db.sql_text("store_stage_create"))
-        with cur.copy(db.sql_text("store_stage_copy")) as copy:
-            copy.write(data)
         cur.execute(db.sql_text("store_stage_merge"))
         return cur.rowcount
-
-
-def _copy_text(rows: list[tuple[int, int, float]]) -> str:
-    """COPY text for (series id, ms, value) rows. A scrape's samples share a few timestamps, so each
-    timestamp is formatted once; repr() of a float reads back to the same double."""
-    stamps: dict[int, str] = {}
-    lines = []
-    for series_id, ms, value in rows:
-        stamp = stamps.get(ms)
-        if stamp is None:
-            stamp = stamps[ms] = f"{EPOCH + dt.timedelta(milliseconds=ms):%Y-%m-%d %H:%M:%S}.{ms % 1000:03d}+00"
-        text = repr(value) if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")
-        lines.append(f"{series_id}\t{stamp}\t{text}\n")
-    return "".join(lines)
 
 
 def _guess_meta(name: str) -> MetricMeta:

@@ -1,1 +1,1 @@
-COPY perfwatch_stage (series_id, ts, value) FROM STDIN
+COPY perfwatch_stage (series_id, ts, value) FROM STDIN (FORMAT BINARY)
