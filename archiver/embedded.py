@@ -163,6 +163,9 @@ class EmbeddedPostgres:
     @staticmethod
     def _port_free(port: int) -> bool:
         with socket.socket() as s:
+            # As PostgreSQL binds: connections of the last run still in TIME_WAIT do not make the
+            # port taken (without this, a restart moved to a new port and clients lost the server).
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
