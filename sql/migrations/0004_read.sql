@@ -161,24 +161,27 @@ BEGIN
     END IF;
     RETURN QUERY EXECUTE format($q$
         WITH src AS (%s),
+        t AS (SELECT src.*, perfwatch.bucket_floor($2, src.bucket) AS t FROM src),
+        -- one window, one sort: the previous bucket's last value (increase across the boundary)
+        -- and whether the next bucket is in another step (this one holds the step's last value)
         o AS (
-            SELECT src.*, perfwatch.bucket_floor($2, src.bucket) AS t,
-                   lag(src.last_value) OVER (PARTITION BY src.series_id ORDER BY src.bucket) AS prev,
-                   row_number() OVER (PARTITION BY src.series_id, perfwatch.bucket_floor($2, src.bucket)
-                                      ORDER BY src.bucket DESC) AS from_end
-            FROM src
+            SELECT t.*, lag(t.last_value) OVER w AS prev, lead(t.t) OVER w IS DISTINCT FROM t.t AS step_last
+            FROM t WINDOW w AS (PARTITION BY t.series_id ORDER BY t.bucket)
+        ),
+        g AS (
+            SELECT o.t, o.series_id,
+                   sum(o.sum) / sum(o.count) AS avg, min(o.min) AS min, max(o.max) AS max,
+                   min(o.last_value) FILTER (WHERE o.step_last) AS last, sum(o.count)::bigint AS samples,
+                   CASE WHEN $3 THEN sum(o.increase) + sum(perfwatch.counter_delta(o.prev, o.first_value)) END
+                       AS increase,
+                   greatest($4, max(o.res)) AS seconds,
+                   CASE WHEN $3 THEN sum(o.resets) + count(*) FILTER (WHERE o.first_value < o.prev) END AS resets
+            FROM o GROUP BY o.t, o.series_id
         )
-        SELECT o.t, o.series_id, s.labels,
-               sum(o.sum) / sum(o.count), min(o.min), max(o.max),
-               min(o.last_value) FILTER (WHERE o.from_end = 1),
-               sum(o.count)::bigint,
-               CASE WHEN $3 THEN sum(o.increase) + sum(perfwatch.counter_delta(o.prev, o.first_value)) END,
-               CASE WHEN $3 THEN (sum(o.increase) + sum(perfwatch.counter_delta(o.prev, o.first_value)))
-                                 / greatest($4, max(o.res)) END,
-               CASE WHEN $3 THEN sum(o.resets) + count(*) FILTER (WHERE o.first_value < o.prev) END
-        FROM o JOIN perfwatch.series s ON s.id = o.series_id
-        GROUP BY o.t, o.series_id, s.labels
-        ORDER BY o.t, o.series_id
+        SELECT g.t, g.series_id, s.labels, g.avg, g.min, g.max, g.last, g.samples, g.increase,
+               g.increase / g.seconds, g.resets
+        FROM g JOIN perfwatch.series s ON s.id = g.series_id
+        ORDER BY g.t, g.series_id
         $q$, array_to_string(parts, ' UNION ALL '))
         USING ids, step, m.kind = 'counter', extract(epoch FROM step)::double precision;
 END
