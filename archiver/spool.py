@@ -68,7 +68,7 @@ class Spool:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or max(1, min(MAX_SEGMENT_BYTES, max_bytes // 4))
-        self.dropped_batches = 0  # dropped to stay within max_bytes (oldest first)
+        self.dropped_batches = 0  # dropped to stay within max_bytes (oldest first), or a failed append
         self.rejected_lines = 0  # batches set aside in rejected.jsonl (unparsable, or refused by the DB)
         self._lock = threading.RLock()
         self._appended = threading.Condition(self._lock)
@@ -166,6 +166,7 @@ class Spool:
             except OSError:
                 # Disk full or failing: cut what part of the line got out, so the next append
                 # starts on a line boundary, and let the caller report the lost batch.
+                self.dropped_batches += 1
                 self._writer.close()
                 self._writer = None
                 os.truncate(segment.path, segment.size)

@@ -1,0 +1,114 @@
+"""Operator commands: `migrate`, `rollup`, `retention`, `status` — one pass, print, exit.
+
+They work beside a running archiver (the SQL side serialises rollup and retention with advisory
+locks). Without a DSN they use the embedded server under the data dir, starting it for the
+command and stopping it after, unless it was running already.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from archiver.db import DatabaseUnavailable, make_engine
+from archiver.embedded import EmbeddedPostgres
+from archiver.migrate import apply_migrations
+from archiver.policy import mirror_policy
+from archiver.retention import run_retention
+from archiver.rollup import run_rollups
+from archiver.settings import ArchiverSettings
+from archiver.status import TierStatus, tier_status
+from exporter.config import format_duration
+
+log = logging.getLogger("archiver")
+
+
+def operate(command: str, settings: ArchiverSettings, dsn: str | None) -> int:
+    embedded = None
+    stop_after = False
+    if dsn is None:
+        embedded = EmbeddedPostgres(Path(settings.data_dir) / "postgres")
+        stop_after = not embedded.running()
+        try:
+            dsn = embedded.start()
+        except Exception as err:
+            print(f"perfwatch-archiver: cannot start the embedded PostgreSQL in {embedded.data_dir}: {err}",
+                  file=sys.stderr)
+            return 1
+    engine = make_engine(dsn)
+    try:
+        return _run(command, settings, engine)
+    except DatabaseUnavailable as err:
+        print(f"perfwatch-archiver: {command}: database unreachable: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a migration that fails, a missing privilege: say it, exit 1
+        print(f"perfwatch-archiver: {command} failed: {err}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+        if embedded is not None and stop_after:
+            embedded.stop()
+
+
+def _run(command: str, settings: ArchiverSettings, engine: sa.Engine) -> int:
+    policy = settings.policy
+    if command == "status":
+        print_status(tier_status(engine, policy))
+        return 0
+    applied = apply_migrations(engine)
+    mirror_policy(engine, policy)
+    if command == "migrate":
+        print(f"applied {len(applied)} migrations{': ' + ', '.join(applied) if applied else ' (up to date)'}; "
+              "policy mirrored")
+    elif command == "rollup":
+        for run in run_rollups(engine, policy):
+            print(f"tier {run.tier}: {run.buckets_written} buckets in {run.chunks} chunks, "
+                  f"{run.dirty_buckets_written} again for late samples; watermark {_time(run.watermark_before)} → "
+                  f"{_time(run.watermark_after)} ({run.seconds:.2f}s)")
+    elif command == "retention":
+        run = run_retention(engine, policy)
+        print(f"created {len(run.created)} partitions ahead{_list(run.created)}")
+        print(f"dropped {len(run.dropped)} expired partitions{_list(run.dropped)}")
+        if run.waiting:
+            print(f"kept {len(run.waiting)} expired partitions until the next tier has rolled them up"
+                  f"{_list(run.waiting)}")
+    return 0
+
+
+def print_status(states: list[TierStatus]) -> None:
+    header = ("tier", "resolution", "retention", "watermark", "lag", "partitions", "rows", "bytes", "last rollup",
+              "last retention")
+    rows = [header]
+    for s in states:
+        rows.append((
+            s.tier + ("" if s.in_policy else " (not mirrored yet)"),
+            format_duration(s.resolution_seconds) if s.resolution_seconds else "-",
+            format_duration(s.retention_seconds),
+            _time(s.watermark) if s.tier != "raw" else "-",
+            format_duration(round(s.lag_seconds)) if s.lag_seconds else "-",
+            str(s.partitions), str(s.rows_estimate), _bytes(s.bytes),
+            _time(s.last_rollup_at) if s.tier != "raw" else "-",
+            _time(s.last_retention_at),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _time(value: object) -> str:
+    return "never" if value is None else f"{value:%Y-%m-%d %H:%M:%S}Z"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _list(names: list[str]) -> str:
+    return (": " + ", ".join(names)) if names else ""

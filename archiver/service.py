@@ -1,0 +1,348 @@
+"""The running archiver: scrape jobs → spool → writer thread → PostgreSQL, plus rollup and
+retention jobs, in one process.
+
+Every scraped batch goes to the spool first (fsynced), and one writer thread moves batches from
+the spool to the store in order. A database outage therefore only makes the spool grow; the
+writer retries every `database.retry_interval` and catches up oldest-first. Scrapes never wait
+for the database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import fcntl
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from archiver.db import DatabaseUnavailable, make_engine
+from archiver.embedded import EmbeddedPostgres
+from archiver.migrate import apply_migrations
+from archiver.policy import RAW, Policy, mirror_policy
+from archiver.retention import run_retention
+from archiver.rollup import run_rollups
+from archiver.scrape import REASONS, ScrapeError, TargetScraper
+from archiver.selfmetrics import ArchiverMetrics
+from archiver.settings import ArchiverSettings
+from archiver.spool import Spool
+from archiver.status import tier_status
+from archiver.store import Store
+
+log = logging.getLogger("archiver")
+
+SHUTDOWN_GRACE = 5.0  # seconds SIGTERM waits for the writer to empty the spool into the database
+REJECT_AFTER = 3  # a batch the database refuses this many times (while up) is set aside
+
+
+class DataDirLockedError(RuntimeError):
+    pass
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """One archiver per data dir: two would interleave one spool."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "archiver.lock", "a+")  # noqa: SIM115 - held for the process' life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DataDirLockedError(f"another perfwatch-archiver uses data dir {data_dir}") from None
+    return handle
+
+
+@dataclasses.dataclass
+class Database:
+    """The engine, and whether the schema is known to be in place; thread-safe."""
+
+    dsn: str
+    policy: Policy
+    metrics: ArchiverMetrics | None = None
+
+    def __post_init__(self) -> None:
+        self.engine = make_engine(self.dsn)
+        self.store: Store | None = None
+        self._lock = threading.Lock()
+        self._down_reason: str | None = None
+
+    def ready(self, strict: bool = False) -> bool:
+        """Migrations applied and policy mirrored (once per process); False while unreachable.
+        Other failures (a missing privilege, a changed migration) are logged and retried, or
+        raised when `strict` (at start, where they are a setup error to report and exit on)."""
+        with self._lock:
+            if self.store is not None:
+                return True
+            try:
+                apply_migrations(self.engine)  # logs each file it applies
+                mirror_policy(self.engine, self.policy)
+            except DatabaseUnavailable as err:
+                self.mark_down(err)
+                return False
+            except Exception as err:
+                if strict:
+                    raise
+                log.error("cannot prepare the database (migrations, policy): %s; retrying", err)
+                return False
+            self.store = Store(self.engine)
+            if self.metrics:
+                self.metrics.store_dropped = lambda: dict(self.store.dropped) if self.store else {}
+        self.mark_up()
+        return True
+
+    def mark_down(self, err: BaseException) -> None:
+        if self.metrics:
+            self.metrics.database_up.set(0)
+        reason = str(err) or type(err).__name__
+        log.debug("database unavailable: %s", reason)
+        if self._down_reason is None:
+            log.error("database unreachable (%s): batches wait in the spool; retrying", reason)
+        self._down_reason = reason
+
+    def mark_up(self) -> None:
+        if self.metrics:
+            self.metrics.database_up.set(1)
+        if self._down_reason is not None:
+            log.info("database reachable again")
+        self._down_reason = None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class Archiver:
+    def __init__(self, settings: ArchiverSettings, dsn: str | None) -> None:
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.configured_dsn = dsn
+        self.spool = Spool(self.data_dir / "spool", settings.spool.max_bytes)
+        self.metrics = ArchiverMetrics(self.spool)
+        self.targets = settings.scrape_targets()
+        self.scrapers = [TargetScraper(t) for t in self.targets]
+        self._failing: dict[str, str] = {}  # target name → last failure, to log changes only
+        self._draining = threading.Event()  # SIGTERM: write what is left, then stop
+        self._halt = threading.Event()  # stop now, even mid-backlog
+        # Rollup and retention passes one at a time: both rewrite tier state, and run together
+        # they can deadlock each other in PostgreSQL.
+        self._maintenance = threading.Lock()
+        self.embedded: EmbeddedPostgres | None = None
+        self.db: Database | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.writer: threading.Thread | None = None
+        for t in self.targets:
+            self.metrics.scrapes.labels(t.job, t.instance)
+            self.metrics.samples_scraped.labels(t.job, t.instance)
+            self.metrics.samples_written.labels(t.job, t.instance)
+            for reason in REASONS:
+                self.metrics.scrape_failures.labels(t.job, t.instance, reason)
+        for result in ("ok", "error"):
+            self.metrics.retention_runs.labels(result)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        dsn = self.configured_dsn
+        if dsn is None:
+            self.embedded = EmbeddedPostgres(self.data_dir / "postgres")
+            dsn = self.embedded.start()
+            log.info("no database configured: using the embedded PostgreSQL in %s", self.embedded.data_dir)
+        self.db = Database(dsn, self.settings.policy, self.metrics)
+        self.db.ready(strict=True)  # unreachable is not fatal: scrapes wait in the spool meanwhile
+        self.writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
+        self.writer.start()
+
+        workers = len(self.scrapers) + 2
+        self.scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(workers)}, timezone="UTC",
+                                             job_defaults={"coalesce": True, "max_instances": 1})
+        now = _now()
+        for scraper in self.scrapers:
+            t = scraper.target
+            self.scheduler.add_job(self._scrape, IntervalTrigger(seconds=t.interval), args=[scraper],
+                                   id=f"scrape {t.job}/{t.instance}", next_run_time=now,
+                                   misfire_grace_time=max(1, int(t.interval)))
+        schedule = self.settings.schedule
+        self.scheduler.add_job(self.rollup_pass, IntervalTrigger(seconds=schedule.rollup_interval), id="rollup",
+                               next_run_time=now, misfire_grace_time=max(1, int(schedule.rollup_interval)))
+        self.scheduler.add_job(self.retention_pass, IntervalTrigger(seconds=schedule.retention_interval),
+                               id="retention", next_run_time=now,
+                               misfire_grace_time=max(1, int(schedule.retention_interval)))
+        self.scheduler.start()
+        for t in self.targets:
+            log.info("scraping %s every %gs (timeout %gs)", t.name, t.interval, t.timeout)
+
+    def stop(self) -> None:
+        """Finish in-flight scrapes (they land in the spool), write what the database takes within
+        SHUTDOWN_GRACE, and stop the embedded server if we started it."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        self._draining.set()
+        if self.writer is not None:
+            self.writer.join(SHUTDOWN_GRACE)
+            if self.writer.is_alive():
+                self._halt.set()  # the write in flight completes; the rest stays spooled
+                self.writer.join()
+        left = self.spool.stats()
+        if left.batches:
+            log.warning("%d batches (%d bytes) stay in the spool %s; they are written at the next start",
+                        left.batches, left.bytes, self.spool.directory)
+        self.spool.close()
+        for scraper in self.scrapers:
+            scraper.close()
+        if self.db is not None:
+            self.db.dispose()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def _scrape(self, scraper: TargetScraper) -> None:
+        t = scraper.target
+        m = self.metrics
+        m.scrapes.labels(t.job, t.instance).inc()
+        started = time.perf_counter()
+        try:
+            batch = scraper.scrape()
+        except ScrapeError as err:
+            m.scrape_duration.labels(t.job, t.instance).set(time.perf_counter() - started)
+            m.scrape_failures.labels(t.job, t.instance, err.reason).inc()
+            m.target_up.labels(t.job, t.instance).set(0)
+            failure = f"{err.reason}: {err.message}"
+            if self._failing.get(t.name) != failure:
+                log.warning("scrape of %s failed: %s", t.name, failure)
+                self._failing[t.name] = failure
+            return
+        m.scrape_duration.labels(t.job, t.instance).set(time.perf_counter() - started)
+        m.target_up.labels(t.job, t.instance).set(1)
+        if self._failing.pop(t.name, None) is not None:
+            log.info("scrape of %s works again", t.name)
+        if not batch.samples:
+            return
+        try:
+            spooled = self.spool.append(batch)
+        except OSError as err:
+            log.error("cannot spool the scrape of %s (%d samples lost): %s", t.name, len(batch.samples), err)
+            return
+        if spooled:
+            m.samples_scraped.labels(t.job, t.instance).inc(len(batch.samples))
+
+    def rollup_pass(self) -> bool:
+        assert self.db is not None
+        tiers = [t.name for t in self.settings.policy.tiers]
+        try:
+            if not self.db.ready():
+                raise DatabaseUnavailable("the database is not ready")
+            with self._maintenance:
+                runs = run_rollups(self.db.engine, self.settings.policy)
+        except Exception as err:
+            if isinstance(err, DatabaseUnavailable):
+                self.db.mark_down(err)
+                log.warning("rollup pass skipped: %s", err)
+            else:
+                log.error("rollup pass failed: %s", err, exc_info=True)
+            for tier in tiers:
+                self.metrics.rollup_runs.labels(tier, "error").inc()
+            return False
+        self.db.mark_up()
+        for run in runs:
+            self.metrics.rollup_runs.labels(run.tier, "ok").inc()
+        self.metrics.rollup_last_success.set(time.time())
+        self.refresh_tiers()
+        return True
+
+    def retention_pass(self) -> bool:
+        assert self.db is not None
+        try:
+            if not self.db.ready():
+                raise DatabaseUnavailable("the database is not ready")
+            with self._maintenance:
+                run = run_retention(self.db.engine, self.settings.policy)
+        except Exception as err:
+            if isinstance(err, DatabaseUnavailable):
+                self.db.mark_down(err)
+                log.warning("retention pass skipped: %s", err)
+            else:
+                log.error("retention pass failed: %s", err, exc_info=True)
+            self.metrics.retention_runs.labels("error").inc()
+            return False
+        self.db.mark_up()
+        self.metrics.retention_runs.labels("ok").inc()
+        self.metrics.retention_last_success.set(time.time())
+        for table in run.dropped:
+            self.metrics.partitions_dropped.labels(partition_tier(table, self.settings.policy)).inc()
+        return True
+
+    def refresh_tiers(self) -> None:
+        """tier_rows, tier_bytes and the watermarks behind rollup_lag_seconds (after each rollup pass)."""
+        assert self.db is not None
+        try:
+            states = tier_status(self.db.engine)
+        except DatabaseUnavailable as err:
+            self.db.mark_down(err)
+            return
+        for state in states:
+            self.metrics.tier_rows.labels(state.tier).set(state.rows_estimate)
+            self.metrics.tier_bytes.labels(state.tier).set(state.bytes)
+            if state.tier != RAW:
+                self.metrics.set_watermark(state.tier, state.watermark.timestamp() if state.watermark else None)
+
+    # -- the writer ------------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        assert self.db is not None
+        retry = float(self.settings.database.retry_interval)
+        refusals = 0
+        while not self._halt.is_set():
+            entry = self.spool.peek()
+            if entry is None:
+                if self._draining.is_set():
+                    return
+                self.spool.wait(0.5)
+                continue
+            if not self.db.ready():
+                if self._draining.is_set():
+                    return
+                self._halt.wait(retry)
+                continue
+            batch = entry.batch
+            started = time.perf_counter()
+            try:
+                assert self.db.store is not None
+                written = self.db.store.write(batch)
+            except DatabaseUnavailable as err:
+                self.db.mark_down(err)
+                if self._draining.is_set():
+                    return
+                self._halt.wait(retry)
+                continue
+            except Exception as err:
+                refusals += 1
+                log.error("database refused the batch of %d samples from %s/%s scraped at %d (attempt %d): %s",
+                          len(batch.samples), batch.job, batch.instance, batch.scraped_at_ms, refusals, err)
+                if refusals >= REJECT_AFTER:
+                    self.spool.reject(entry, f"refused by the database {refusals} times: {err}")
+                    refusals = 0
+                else:
+                    self._halt.wait(retry)
+                continue
+            refusals = 0
+            self.spool.commit(entry)
+            self.db.mark_up()
+            self.metrics.write_duration.observe(time.perf_counter() - started)
+            self.metrics.samples_written.labels(batch.job, batch.instance).inc(written)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def partition_tier(table: str, policy: Policy) -> str:
+    """The tier a partition table belongs to: sample_20250101 → raw, rollup_5m_20250101 → 5m."""
+    for tier in policy.tiers:
+        if table.startswith(f"rollup_{tier.name}_"):
+            return tier.name
+    return RAW if table.startswith("sample_") else "unknown"

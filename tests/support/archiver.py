@@ -1,0 +1,74 @@
+"""perfwatch-archiver as a real process for tests, and what it wrote, read back from PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import requests
+import yaml
+
+from support.exposition import values
+from support.procs import Service, free_port, python_module
+
+
+class ArchiverProcess:
+    """An archiver on a free loopback port with `config` (a dict written to YAML) and data in `data_dir`."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], *args: str, name: str = "archiver") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {"listen": f"127.0.0.1:{self.port}", "data_dir": str(workdir / "data"), **config}
+        self.config_path = workdir / f"{name}-{self.port}.yml"
+        self.config_path.write_text(yaml.safe_dump(config, allow_unicode=True))
+        self.service = Service(python_module("archiver", "--config", str(self.config_path), *args),
+                               workdir / f"{name}.log", ready_url=f"{self.url}/-/ready", ready_timeout=60)
+
+    def start(self) -> ArchiverProcess:
+        self.service.start()
+        return self
+
+    def metrics(self) -> str:
+        r = requests.get(f"{self.url}/metrics", timeout=10)
+        assert r.status_code == 200, r.text
+        return r.text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of `name` over the series carrying `labels` (0 when none)."""
+        found = values(self.metrics(), name)
+        return sum(v for key, v in found.items() if all((k, val) in key for k, val in labels.items()))
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not reached within {timeout}s: {what}\n--- archiver log ---\n"
+                                     f"{self.service.log()[-5000:]}")
+            if not self.service.running:
+                raise AssertionError(f"archiver exited while waiting for {what}:\n{self.service.log()[-5000:]}")
+            time.sleep(0.1)
+
+    def stop(self, signum: int | None = None) -> int:
+        import signal
+
+        return self.service.stop(signum or signal.SIGTERM, timeout=30)
+
+
+def archived(dsn: str, metric: str) -> list[tuple[dict[str, str], int, float]]:
+    """(labels, ms, value) of every raw sample of `metric`, in time order."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT s.labels, (extract(epoch FROM x.ts) * 1000)::bigint, x.value"
+            " FROM perfwatch.sample x JOIN perfwatch.series s ON s.id = x.series_id"
+            " JOIN perfwatch.metric m ON m.id = s.metric_id WHERE m.name = %s ORDER BY x.ts, s.id",
+            (metric,)).fetchall()
+    return [(labels, int(ms), float(value)) for labels, ms, value in rows]
+
+
+def scrape_numbers(dsn: str) -> list[int]:
+    """Which of the synthetic exporter's scrapes are archived (one entry per stored sample)."""
+    return [int(v) for _, _, v in archived(dsn, "synthetic_scrape_number") if not math.isnan(v)]

@@ -1,0 +1,168 @@
+"""perfwatch-archiver as a real process against real targets and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import requests
+from support.archiver import ArchiverProcess, archived, scrape_numbers
+from support.procs import REPO, free_port
+from support.prometheus import promtool
+from support.synthetic import NASTY_VALUES, SyntheticExporter, counter_value, gauge_value
+
+from archiver.embedded import EmbeddedPostgres
+
+LOGFMT = re.compile(r'^ts=\S+Z level=(debug|info|warning|error) logger=\S+ msg=".*"$')
+
+
+def test_scrapes_synthetic_and_real_exporter_into_postgres_and_flushes_on_sigterm(
+        tmp_path: Path, pg_dsn: str, start_exporter) -> None:
+    exporter = start_exporter()
+    with SyntheticExporter(reset_every=5) as synth:
+        archiver = ArchiverProcess(tmp_path, {
+            "scrape_interval": "200ms",
+            "targets": [{"url": synth.url, "job": "synthetic", "labels": {"site": "lab"}},
+                        {"url": exporter.url}],  # no path: /metrics; job defaults to perfwatch
+            "database": {"dsn": pg_dsn},
+        }).start()
+        archiver.wait_for(lambda: len(synth.served) >= 10
+                          and archiver.metric("perfwatch_archiver_samples_written_total", job="synthetic") > 0
+                          and archiver.metric("perfwatch_archiver_samples_written_total", job="perfwatch") > 0,
+                          "10 scrapes and writes from both targets")
+
+        text = archiver.metrics()
+        check = promtool("check", "metrics", stdin=text)
+        assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr
+        assert archiver.metric("perfwatch_archiver_target_up", job="synthetic", instance=synth.instance) == 1
+        assert archiver.metric("perfwatch_archiver_target_up", job="perfwatch",
+                               instance=f"127.0.0.1:{exporter.port}") == 1
+        assert archiver.metric("perfwatch_archiver_scrapes_total", job="synthetic") >= 10
+        assert archiver.metric("perfwatch_archiver_scrape_failures_total") == 0
+        assert archiver.metric("perfwatch_archiver_database_up") == 1
+        assert archiver.metric("perfwatch_archiver_write_duration_seconds_count") > 0
+        assert archiver.metric("perfwatch_archiver_retention_runs_total", result="ok") >= 1
+        assert archiver.metric("perfwatch_archiver_rollup_runs_total", tier="5m", result="ok") >= 1
+        assert archiver.metric("perfwatch_archiver_tier_bytes", tier="raw") > 0
+        for path in ("/", "/-/healthy", "/-/ready"):
+            assert requests.get(archiver.url + path, timeout=10).status_code == 200
+
+        assert archiver.stop() == 0  # SIGTERM: what was scraped is written before the exit
+
+    # Every scrape the synthetic exporter answered is archived, exactly once, with its values.
+    numbers = scrape_numbers(pg_dsn)
+    assert numbers == synth.served_numbers()
+    scrape_at = {ms: int(v) for _, ms, v in archived(pg_dsn, "synthetic_scrape_number")}
+    requests_200 = [(ms, v) for lab, ms, v in archived(pg_dsn, "synthetic_requests_total") if lab["code"] == "200"]
+    assert [v for _, v in requests_200] == [counter_value(scrape_at[ms], 5) for ms, _ in requests_200]
+    temperatures = archived(pg_dsn, "synthetic_temperature_celsius")
+    assert [v for _, _, v in temperatures] == [gauge_value(scrape_at[ms]) for _, ms, _ in temperatures]
+    labels = temperatures[0][0]
+    assert labels == {"job": "synthetic", "instance": synth.instance, "site": "lab"}
+
+    # Label values with quotes, backslashes, newlines, unicode and SQL come back byte for byte.
+    nasty = {(lab["index"], lab["value"]) for lab, _, _ in archived(pg_dsn, "synthetic_nasty_info")}
+    assert nasty == {(str(i), v) for i, v in enumerate(NASTY_VALUES)}
+
+    with psycopg.connect(pg_dsn) as conn:
+        kinds = dict(conn.execute("SELECT name, kind || '/' || family_type FROM perfwatch.metric"
+                                  " WHERE name LIKE 'synthetic%'").fetchall())
+    assert kinds == {
+        "synthetic_requests_total": "counter/counter", "synthetic_temperature_celsius": "gauge/gauge",
+        "synthetic_scrape_number": "gauge/gauge", "synthetic_nasty_info": "gauge/gauge",
+        "synthetic_latency_seconds_bucket": "counter/histogram", "synthetic_latency_seconds_sum": "counter/histogram",
+        "synthetic_latency_seconds_count": "counter/histogram",
+    }  # synthetic_stale is always NaN: never stored
+
+    # The real exporter: its counters under job="perfwatch" and its host:port.
+    cpu = archived(pg_dsn, "perfwatch_cpu_seconds_total")
+    assert cpu and all(lab["job"] == "perfwatch" and lab["instance"] == f"127.0.0.1:{exporter.port}"
+                       and "cpu" in lab and "mode" in lab for lab, _, _ in cpu)
+
+    log = archiver.service.log().splitlines()
+    assert log and all(LOGFMT.match(line) for line in log), log
+
+
+def test_failing_targets_are_logged_counted_and_the_rest_keeps_going(tmp_path: Path, pg_dsn: str) -> None:
+    down_url = f"http://127.0.0.1:{free_port()}/metrics"
+    with SyntheticExporter() as malformed, SyntheticExporter() as erroring, \
+            SyntheticExporter(slow_seconds=2.0) as slow, SyntheticExporter() as good:
+        malformed.mode, erroring.mode, slow.mode = "malformed", "error", "slow"
+        archiver = ArchiverProcess(tmp_path, {
+            "scrape_interval": "500ms", "scrape_timeout": "300ms",
+            "targets": [{"url": t.url, "job": job} for t, job in
+                        ((malformed, "malformed"), (erroring, "erroring"), (slow, "slow"), (good, "good"))]
+                       + [{"url": down_url, "job": "down"}],
+            "database": {"dsn": pg_dsn},
+        }).start()
+
+        def failures(job: str, reason: str) -> float:
+            return archiver.metric("perfwatch_archiver_scrape_failures_total", job=job, reason=reason)
+
+        expected = {"malformed": "malformed", "erroring": "http_status", "slow": "timeout", "down": "unreachable"}
+        archiver.wait_for(lambda: all(failures(job, reason) >= 2 for job, reason in expected.items())
+                          and archiver.metric("perfwatch_archiver_samples_written_total", job="good") > 0,
+                          "two failures of each kind and writes from the good target")
+        for job in expected:
+            assert archiver.metric("perfwatch_archiver_target_up", job=job) == 0
+            other = [r for r in ("malformed", "http_status", "timeout", "unreachable") if r != expected[job]]
+            assert all(failures(job, r) == 0 for r in other)
+        assert archiver.metric("perfwatch_archiver_target_up", job="good") == 1
+
+        malformed.mode = "ok"  # a target that recovers is scraped and archived again
+        archiver.wait_for(lambda: archiver.metric("perfwatch_archiver_target_up", job="malformed") == 1
+                          and archiver.metric("perfwatch_archiver_samples_written_total", job="malformed") > 0,
+                          "the malformed target, fixed, archived")
+        assert archiver.stop() == 0
+
+    log = archiver.service.log()
+    for target, job, reason, detail in ((malformed, "malformed", "malformed", "cannot parse"),
+                                        (erroring, "erroring", "http_status", "HTTP status 500"),
+                                        (slow, "slow", "timeout", "0.3s")):
+        assert re.search(rf"scrape of {job}/{target.instance} \({re.escape(target.url)}\) failed: {reason}: "
+                         rf".*{detail}", log), log
+    assert re.search(rf"scrape of down/\S+ \({re.escape(down_url)}\) failed: unreachable: connection refused", log)
+    assert f"scrape of malformed/{malformed.instance} ({malformed.url}) works again" in log
+    # One line when a target starts failing, not one per scrape.
+    assert log.count(f"({erroring.url}) failed") == 1
+    assert scrape_numbers(pg_dsn)  # the good target's scrapes are archived
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "archiver", *args], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+
+
+def test_embedded_database_by_default_and_operator_commands(tmp_path: Path) -> None:
+    with SyntheticExporter() as synth:
+        archiver = ArchiverProcess(tmp_path, {"scrape_interval": "200ms", "targets": [{"url": synth.url}]}).start()
+        archiver.wait_for(lambda: archiver.metric("perfwatch_archiver_samples_written_total") > 0, "writes")
+        config = str(archiver.config_path)
+
+        second = run_cli("--config", config)  # the same data dir: refused, the first one unharmed
+        assert second.returncode == 1 and "another perfwatch-archiver uses data dir" in second.stderr
+
+        status = run_cli("--config", config, "status")  # beside the running archiver, on its database
+        assert status.returncode == 0, status.stderr
+        tiers = [line.split()[0] for line in status.stdout.splitlines()[1:]]
+        assert tiers == ["raw", "5m", "1h"], status.stdout
+        assert archiver.stop() == 0
+
+    embedded = EmbeddedPostgres(tmp_path / "data" / "postgres")
+    assert not embedded.running()  # the archiver stopped the server it started
+    dsn = embedded.start()
+    try:
+        assert len(scrape_numbers(dsn)) >= 1
+    finally:
+        embedded.stop()
+
+    migrate = run_cli("--config", config, "migrate")
+    assert migrate.returncode == 0 and "up to date" in migrate.stdout, migrate.stdout + migrate.stderr
+    rollup = run_cli("--config", config, "rollup")
+    assert rollup.returncode == 0 and "tier 5m:" in rollup.stdout and "tier 1h:" in rollup.stdout, rollup.stderr
+    retention = run_cli("--config", config, "retention")
+    assert retention.returncode == 0 and "dropped 0 expired partitions" in retention.stdout, retention.stderr
+    assert not embedded.running()  # each command stops the server it had to start

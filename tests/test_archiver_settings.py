@@ -1,0 +1,73 @@
+"""The archiver's settings: defaults, derived values, command-line overrides, shipped config files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.procs import REPO
+
+from archiver.policy import Policy
+from archiver.service import partition_tier
+from archiver.settings import load_settings, metrics_url
+from exporter.config import ConfigError
+
+
+def test_defaults_and_derived_target_values(tmp_path: Path) -> None:
+    path = tmp_path / "a.yml"
+    path.write_text("scrape_interval: 5s\ntargets:\n"
+                    "  - url: http://h:9100\n"
+                    "  - url: https://h/x/metrics\n    job: j\n    instance: name\n    scrape_interval: 30s\n"
+                    "    labels: {zone: eu}\n")
+    settings = load_settings(path)
+    first, second = settings.scrape_targets()
+    assert (first.url, first.job, first.instance, first.interval, first.timeout) == (
+        "http://h:9100/metrics", "perfwatch", "h:9100", 5.0, 5.0)  # timeout: min(10s, interval)
+    assert (second.url, second.job, second.instance, second.interval, second.timeout, second.labels) == (
+        "https://h/x/metrics", "j", "name", 30.0, 10.0, (("zone", "eu"),))
+    assert settings.listen == ":10281" and settings.data_dir == "data"
+    assert settings.database.resolve_dsn() is None  # the embedded server
+    assert [t.name for t in settings.policy.tiers] == ["5m", "1h"]
+
+
+def test_command_line_replaces_targets_and_sets_dsn(tmp_path: Path) -> None:
+    path = tmp_path / "a.yml"
+    secret = tmp_path / "dsn"
+    secret.write_text("postgresql://u:p@db/perfwatch\n")
+    path.write_text(f"targets:\n  - url: http://old:1/\ndatabase:\n  dsn_file: {secret}\n")
+    assert load_settings(path).database.resolve_dsn() == "postgresql://u:p@db/perfwatch"
+    settings = load_settings(path, {"targets": ["http://a:1/", "http://b:2/m"], "scrape_interval": "500ms",
+                                    "database.dsn": "postgresql://x/y", "data_dir": str(tmp_path)})
+    assert [t.url for t in settings.scrape_targets()] == ["http://a:1/metrics", "http://b:2/m"]
+    assert settings.scrape_targets()[0].interval == 0.5
+    assert settings.database.resolve_dsn() == "postgresql://x/y"
+
+
+def test_dsn_file_with_a_bad_dsn_names_the_key(tmp_path: Path) -> None:
+    secret = tmp_path / "dsn"
+    secret.write_text("host=a b\n")
+    path = tmp_path / "a.yml"
+    path.write_text(f"database:\n  dsn_file: {secret}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path).database.resolve_dsn()
+    assert err.value.key == "database.dsn_file"
+
+
+def test_the_compose_config_is_valid() -> None:
+    settings = load_settings(REPO / "provisioning" / "perfwatch" / "archiver.yml")
+    assert [(t.job, t.url) for t in settings.scrape_targets()] == [("perfwatch", "http://exporter:10280/metrics")]
+    assert settings.database.dsn_file == "/run/secrets/archiver_dsn"
+
+
+def test_metrics_url_keeps_explicit_paths() -> None:
+    assert metrics_url("http://h:1") == "http://h:1/metrics"
+    assert metrics_url("http://h:1/?x=1") == "http://h:1/metrics?x=1"
+    assert metrics_url("http://h:1/federate?match[]=up") == "http://h:1/federate?match[]=up"
+
+
+def test_partition_tables_map_to_their_tier() -> None:
+    policy = Policy()
+    assert partition_tier("sample_20250101", policy) == "raw"
+    assert partition_tier("rollup_5m_20250101", policy) == "5m"
+    assert partition_tier("rollup_1h_20250101_120000", policy) == "1h"
+    assert partition_tier("elsewhere", policy) == "unknown"
