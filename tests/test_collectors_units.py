@@ -127,3 +127,23 @@ def test_os_release_and_cpuinfo_parsing() -> None:
     assert cpu_model_and_count(x86) == ("Intel(R) Xeon(R) CPU @ 2.20GHz", 2)
     arm = "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n\nprocessor\t: 1\n\nModel\t: Raspberry Pi 4\n"
     assert cpu_model_and_count(arm) == ("Raspberry Pi 4", 2)
+
+
+def test_process_limits_are_reread_after_a_minute(tmp_path: Path) -> None:
+    from exporter.collectors.processes import LIMITS_MAX_AGE, ProcessesCollector
+
+    kernel = tmp_path / "sys" / "kernel"
+    kernel.mkdir(parents=True)
+    (kernel / "pid_max").write_text("32768\n")
+    (kernel / "threads-max").write_text("1000\n")
+    collector = ProcessesCollector(None, HostPaths(procfs=str(tmp_path)))
+
+    def pid_max() -> float:
+        families = {f.name: f for f in collector.collect()}
+        return families["perfwatch_processes_max"].samples[0].value
+
+    assert pid_max() == 32768
+    (kernel / "pid_max").write_text("4194304\n")  # sysctl kernel.pid_max=4194304
+    assert pid_max() == 32768  # not read again at every scrape
+    collector._limits_read_at -= LIMITS_MAX_AGE
+    assert pid_max() == 4194304

@@ -63,6 +63,7 @@ class Target:
     proc: subprocess.Popen[bytes] | None = None
     conn: http.client.HTTPConnection | None = None
     latencies: list[float] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
     body: bytes = b""
     gzip_bytes: int = 0
     cpu_start: float = 0.0
@@ -133,6 +134,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+DURATION = re.compile(rb'^perfwatch_scrape_collector_duration_seconds\{collector="([^"]+)"\} (\S+)$', re.MULTILINE)
+
+
+def collector_durations(bodies: list[bytes]) -> dict[str, float]:
+    """Median time per collector over the scrapes, in ms, as the exporter measured it."""
+    seen: dict[str, list[float]] = {}
+    for body in bodies:
+        for name, seconds in DURATION.findall(body):
+            seen.setdefault(name.decode(), []).append(float(seconds) * 1000)
+    return {name: statistics.median(values) for name, values in seen.items()}
+
+
 def node_exporter_facts(exe: str, log_path: Path) -> tuple[str, list[str]]:
     version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
     version = version.splitlines()[0] if version else "unknown"
@@ -174,6 +187,7 @@ def main() -> int:
         for _ in range(args.scrapes):
             for target in targets:
                 target.latencies.append(target.scrape())
+                target.bodies.append(target.body)
                 time.sleep(args.interval)
         for target in targets:
             target.cpu_end = cpu_seconds(target.pid)
@@ -204,6 +218,9 @@ def main() -> int:
         ratio = f"{a / b:.2f}" if b else "-"
         print(f"{key:<20}" + "".join(f"{rows[n][key]:>15.2f}" for n in names) + f"{ratio:>10}")
     print("\nratio = perfwatch / node_exporter (goal for median_ms and cpu_ms_per_scrape: <= 1.0)")
+    print("\nperfwatch, median perfwatch_scrape_collector_duration_seconds per collector (ms):")
+    durations = collector_durations(targets[0].bodies)
+    print("  " + ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(durations.items(), key=lambda kv: -kv[1])))
     return 0
 
 
