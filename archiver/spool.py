@@ -217,6 +217,15 @@ class Spool:
                 with open(segment.path, "rb") as f:
                     f.seek(self._head_offset)
                     raw = f.readline()
+                if not raw:
+                    # The file is shorter than what we appended: changed underneath us. Believe
+                    # the disk and move on, rather than reading the same nothing forever.
+                    log.error("spool segment %s ends at %d, before the %d bytes written to it; continuing after it",
+                              segment.path, self._head_offset, segment.size)
+                    segment.size = self._head_offset
+                    segment.lines = self._head_lines
+                    self._normalise_head()
+                    continue
                 end = self._head_offset + len(raw)
                 try:
                     batch = Batch.from_json(raw.decode("utf-8"))

@@ -163,3 +163,13 @@ def test_sigkill_during_appends_keeps_every_acknowledged_batch(tmp_path: Path) -
     got = drain(Spool(tmp_path))
     assert len(got) >= acknowledged + 1
     assert got == [batch(i, samples=40) for i in range(len(got))]
+
+
+def test_segment_truncated_underneath_is_survived(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    for i in range(3):
+        spool.append(batch(i))
+    os.truncate(next(tmp_path.glob("*.jsonl")), 0)  # someone else's doing
+    assert spool.peek() is None and spool.stats().batches == 0
+    spool.append(batch(3))
+    assert drain(spool) == [batch(3)]
