@@ -148,9 +148,7 @@ def test_image_finds_the_archive_migrations_where_the_dockerfile_puts_them(tmp_p
     sql_dir, migrations = result.stdout.split()
     assert Path(sql_dir) == context / "sql" and int(migrations) >= 4
     scripts = re.findall(r'^(perfwatch-\w+) = ', (REPO / "pyproject.toml").read_text(), re.M)
-    assert "perfwatch-exporter" in scripts
-    commands = {SERVICES[name]["command"][0] for name in ("exporter", "archiver")}
-    assert commands <= {*scripts, "perfwatch-archiver"}
+    assert {SERVICES[name]["command"][0] for name in ("exporter", "archiver")} <= set(scripts)
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -383,6 +381,16 @@ def test_prometheus_scrapes_the_compose_services_on_their_configured_ports() -> 
     (target,) = archiver_cfg["targets"]
     assert target["url"] == f"http://{jobs['perfwatch'][0]}/metrics" and target["job"] == "perfwatch"
     assert archiver_cfg["scrape_interval"] == PROMETHEUS["global"]["scrape_interval"]
+
+
+def test_archiver_config_compose_mounts_is_valid() -> None:
+    from archiver.settings import load_settings as load_archiver_settings
+
+    settings = load_archiver_settings(REPO / "provisioning/perfwatch/archiver.yml")
+    assert settings.database.dsn_file == secret_path("archiver_dsn")
+    assert [t.instance for t in settings.scrape_targets()] == ["exporter:10280"]
+    volume_targets = [v.split(":")[1] for v in SERVICES["archiver"]["volumes"] if v.startswith("archiver-data:")]
+    assert volume_targets == [settings.data_dir]
 
 
 def test_postgres_init_script_is_executable_shell() -> None:
