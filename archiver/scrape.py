@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from archiver import __version__
 from archiver.model import Batch, MetricMeta, Sample, SampleKind
+from archiver.scrapeauth import AuthorizationConfig, BasicAuthConfig, TLSClientConfig, apply_client_auth
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class Target:
     labels: tuple[tuple[str, str], ...] = ()  # extra target labels, beside job and instance
     interval: float = 15.0
     timeout: float = 10.0
+    # How to authenticate and verify TLS (archiver.scrapeauth), as a Prometheus scrape_config.
+    basic_auth: BasicAuthConfig | None = dataclasses.field(default=None, compare=False)
+    authorization: AuthorizationConfig | None = dataclasses.field(default=None, compare=False)
+    tls_config: TLSClientConfig | None = dataclasses.field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -86,6 +91,8 @@ class TargetScraper:
             "User-Agent": f"perfwatch-archiver/{__version__}",
             "X-Prometheus-Scrape-Timeout-Seconds": f"{target.timeout:g}",
         })
+        apply_client_auth(self.session, basic_auth=target.basic_auth, authorization=target.authorization,
+                          tls_config=target.tls_config)
 
     def scrape(self) -> Batch:
         """One scrape; raises ScrapeError on any failure."""

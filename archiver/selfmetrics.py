@@ -41,7 +41,8 @@ class ArchiverMetrics:
         self.samples_scraped = Counter(PREFIX + "samples_scraped_total",
                                        "Samples scraped and spooled (NaN stale markers excluded).", TARGET, registry=r)
         self.samples_written = Counter(PREFIX + "samples_written_total",
-                                       "Samples the database inserted, per target (a replayed duplicate is not counted again).",
+                                       "Samples the database inserted, per target (a replayed duplicate is not "
+                                       "counted again).",
                                        TARGET, registry=r)
         self.write_duration = Histogram(PREFIX + "write_duration_seconds",
                                         "Time to write one batch to the database.", registry=r,

@@ -11,6 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from archiver.policy import Policy
 from archiver.scrape import LABEL_NAME_RE, Target, default_instance
+from archiver.scrapeauth import AuthorizationConfig, BasicAuthConfig, TLSClientConfig, validate_client_auth
 from exporter.config import ConfigError, Duration, from_mapping, load_yaml, parse_listen
 
 DEFAULT_PORT = 10281  # the exporter's 10280 + 1
@@ -32,8 +33,15 @@ class TargetSettings:
         "help": "How often to scrape (default: the top-level scrape_interval)."})
     scrape_timeout: Duration | None = dataclasses.field(default=None, metadata={
         "help": "Give up on a scrape after this long; at most scrape_interval."})
+    basic_auth: BasicAuthConfig | None = dataclasses.field(default=None, metadata={
+        "help": "username and password or password_file, as in Prometheus' scrape_config."})
+    authorization: AuthorizationConfig | None = dataclasses.field(default=None, metadata={
+        "help": "type (Bearer) and credentials or credentials_file."})
+    tls_config: TLSClientConfig | None = dataclasses.field(default=None, metadata={
+        "help": "ca_file, cert_file, key_file, server_name, insecure_skip_verify, min_version."})
 
     def validate(self, key: str) -> None:
+        validate_client_auth(key, self.basic_auth, self.authorization)
         if not self.url:
             raise ConfigError(f"{key}.url", "required: the URL to scrape")
         parts = urlsplit(self.url)
@@ -158,7 +166,8 @@ class ArchiverSettings:
         return [
             Target(url=metrics_url(t.url), job=t.job, instance=self.instance_for(t),
                    labels=tuple(sorted(t.labels.items())),
-                   interval=float(t.scrape_interval or self.scrape_interval), timeout=float(self.timeout_for(t)))
+                   interval=float(t.scrape_interval or self.scrape_interval), timeout=float(self.timeout_for(t)),
+                   basic_auth=t.basic_auth, authorization=t.authorization, tls_config=t.tls_config)
             for t in self.targets
         ]
 

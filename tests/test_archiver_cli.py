@@ -56,6 +56,10 @@ TARGET = "targets:\n  - url: http://127.0.0.1:1/metrics\n"
     (TARGET + "spool:\n  max_bytes: lots\n", "spool.max_bytes", "integer"),
     (TARGET + "schedule:\n  rollup_interval: soon\n", "schedule.rollup_interval", "not a duration"),
     (TARGET + "listen: nowhere\n", "listen", "HOST:PORT"),
+    ("targets:\n  - url: https://h:1/\n    tls_config: {ca_file: /nonexistent/ca.pem}\n",
+     "targets[0].tls_config.ca_file", "cannot load"),
+    ("targets:\n  - url: https://h:1/\n    basic_auth: {username: u, password: p}\n"
+     "    authorization: {credentials: t}\n", "targets[0].authorization", "not both"),
     (TARGET + "policy:\n  raw_retentoin: 7d\n", "policy.raw_retentoin", "unknown key"),
     ("targets: [\n", "", "not valid YAML"),
 ])

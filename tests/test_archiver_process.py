@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bcrypt
 import psycopg
 import requests
+import yaml
 from support.archiver import ArchiverProcess, archived, scrape_numbers
-from support.procs import REPO, free_port
+from support.pki import PKI
+from support.procs import REPO, Service, free_port, python_module
 from support.prometheus import promtool
 from support.synthetic import NASTY_VALUES, SyntheticExporter, counter_value, gauge_value
 
@@ -166,3 +169,34 @@ def test_embedded_database_by_default_and_operator_commands(tmp_path: Path) -> N
     retention = run_cli("--config", config, "retention")
     assert retention.returncode == 0 and "dropped 0 expired partitions" in retention.stdout, retention.stderr
     assert not embedded.running()  # each command stops the server it had to start
+
+
+def test_scrapes_an_exporter_behind_mutual_tls_and_basic_auth(tmp_path: Path, pg_dsn: str) -> None:
+    pki = PKI(tmp_path / "pki")
+    password = "pä55 \"word\" '; --"
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(yaml.safe_dump({
+        "tls_server_config": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key),
+                              "client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": str(pki.client_ca)},
+        "basic_auth_users": {"archiver": bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()},
+    }, allow_unicode=True))
+    port = free_port()
+    exporter = Service(python_module("exporter", "--listen", f"127.0.0.1:{port}", "--web-config", str(web_config)),
+                       tmp_path / "exporter.log").start()
+    password_file = tmp_path / "password"
+    password_file.write_text(password + "\n")
+    cert, key = pki.client_pair
+    try:
+        archiver = ArchiverProcess(tmp_path, {
+            "scrape_interval": "300ms", "database": {"dsn": pg_dsn},
+            "targets": [{"url": f"https://127.0.0.1:{port}/metrics",
+                         "basic_auth": {"username": "archiver", "password_file": str(password_file)},
+                         "tls_config": {"ca_file": str(pki.ca), "cert_file": cert, "key_file": key}}],
+        }).start()
+        archiver.wait_for(lambda: archiver.metric("perfwatch_archiver_samples_written_total") > 0,
+                          "writes from the TLS exporter")
+        assert archiver.metric("perfwatch_archiver_target_up", instance=f"127.0.0.1:{port}") == 1
+        assert archiver.stop() == 0
+    finally:
+        exporter.stop()
+    assert archived(pg_dsn, "perfwatch_scrape_collector_success")
