@@ -125,6 +125,7 @@ class Archiver:
         self.targets = settings.scrape_targets()
         self.scrapers = [TargetScraper(t) for t in self.targets]
         self._failing: dict[str, str] = {}  # target name → last failure, to log changes only
+        self._refusals = 0  # times in a row the database refused the oldest batch (while reachable)
         self._draining = threading.Event()  # SIGTERM: write what is left, then stop
         self._halt = threading.Event()  # stop now, even mid-backlog
         # Rollup and retention passes one at a time: both rewrite tier state, and run together
@@ -293,47 +294,57 @@ class Archiver:
     # -- the writer ------------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        assert self.db is not None
+        """Move batches from the spool to the store, oldest first, until halted or drained."""
         retry = float(self.settings.database.retry_interval)
-        refusals = 0
         while not self._halt.is_set():
-            entry = self.spool.peek()
-            if entry is None:
-                if self._draining.is_set():
-                    return
-                self.spool.wait(0.5)
-                continue
-            if not self.db.ready():
-                if self._draining.is_set():
-                    return
-                self._halt.wait(retry)
-                continue
-            batch = entry.batch
-            started = time.perf_counter()
             try:
-                assert self.db.store is not None
-                written = self.db.store.write(batch)
-            except DatabaseUnavailable as err:
-                self.db.mark_down(err)
-                if self._draining.is_set():
+                if not self._write_next(retry):
                     return
+            except Exception:  # a bug or a failing disk must not end the writer silently
+                log.exception("writer: unexpected error; trying again in %gs", retry)
                 self._halt.wait(retry)
-                continue
-            except Exception as err:
-                refusals += 1
-                log.error("database refused the batch of %d samples from %s/%s scraped at %d (attempt %d): %s",
-                          len(batch.samples), batch.job, batch.instance, batch.scraped_at_ms, refusals, err)
-                if refusals >= REJECT_AFTER:
-                    self.spool.reject(entry, f"refused by the database {refusals} times: {err}")
-                    refusals = 0
-                else:
-                    self._halt.wait(retry)
-                continue
-            refusals = 0
-            self.spool.commit(entry)
-            self.db.mark_up()
-            self.metrics.write_duration.observe(time.perf_counter() - started)
-            self.metrics.samples_written.labels(batch.job, batch.instance).inc(written)
+
+    def _write_next(self, retry: float) -> bool:
+        """Write the oldest spooled batch, or wait a while. False: draining and nothing more to do."""
+        assert self.db is not None
+        entry = self.spool.peek()
+        if entry is None:
+            if self._draining.is_set():
+                return False
+            self.spool.wait(0.5)
+            return True
+        if not self.db.ready():
+            if self._draining.is_set():
+                return False
+            self._halt.wait(retry)
+            return True
+        batch = entry.batch
+        started = time.perf_counter()
+        try:
+            assert self.db.store is not None
+            written = self.db.store.write(batch)
+        except DatabaseUnavailable as err:
+            self.db.mark_down(err)
+            if self._draining.is_set():
+                return False
+            self._halt.wait(retry)
+            return True
+        except Exception as err:
+            self._refusals += 1
+            log.error("database refused the batch of %d samples from %s/%s scraped at %d (attempt %d): %s",
+                      len(batch.samples), batch.job, batch.instance, batch.scraped_at_ms, self._refusals, err)
+            if self._refusals >= REJECT_AFTER:
+                self.spool.reject(entry, f"refused by the database {self._refusals} times: {err}")
+                self._refusals = 0
+            else:
+                self._halt.wait(retry)
+            return True
+        self._refusals = 0
+        self.spool.commit(entry)
+        self.db.mark_up()
+        self.metrics.write_duration.observe(time.perf_counter() - started)
+        self.metrics.samples_written.labels(batch.job, batch.instance).inc(written)
+        return True
 
 
 def _now() -> dt.datetime:

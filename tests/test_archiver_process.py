@@ -18,6 +18,7 @@ from support.prometheus import promtool
 from support.synthetic import NASTY_VALUES, SyntheticExporter, counter_value, gauge_value
 
 from archiver.embedded import EmbeddedPostgres
+from archiver.model import Batch
 
 LOGFMT = re.compile(r'^ts=\S+Z level=(debug|info|warning|error) logger=\S+ msg=".*"$')
 
@@ -31,11 +32,13 @@ def test_scrapes_synthetic_and_real_exporter_into_postgres_and_flushes_on_sigter
             "targets": [{"url": synth.url, "job": "synthetic", "labels": {"site": "lab"}},
                         {"url": exporter.url}],  # no path: /metrics; job defaults to perfwatch
             "database": {"dsn": pg_dsn},
+            "schedule": {"retention_interval": "1s"},
         }).start()
         archiver.wait_for(lambda: len(synth.served) >= 10
                           and archiver.metric("perfwatch_archiver_samples_written_total", job="synthetic") > 0
-                          and archiver.metric("perfwatch_archiver_samples_written_total", job="perfwatch") > 0,
-                          "10 scrapes and writes from both targets")
+                          and archiver.metric("perfwatch_archiver_samples_written_total", job="perfwatch") > 0
+                          and archiver.metric("perfwatch_archiver_retention_runs_total", result="ok") >= 1,
+                          "10 scrapes, writes from both targets, a retention pass")
 
         text = archiver.metrics()
         check = promtool("check", "metrics", stdin=text)
@@ -47,7 +50,6 @@ def test_scrapes_synthetic_and_real_exporter_into_postgres_and_flushes_on_sigter
         assert archiver.metric("perfwatch_archiver_scrape_failures_total") == 0
         assert archiver.metric("perfwatch_archiver_database_up") == 1
         assert archiver.metric("perfwatch_archiver_write_duration_seconds_count") > 0
-        assert archiver.metric("perfwatch_archiver_retention_runs_total", result="ok") >= 1
         assert archiver.metric("perfwatch_archiver_rollup_runs_total", tier="5m", result="ok") >= 1
         assert archiver.metric("perfwatch_archiver_tier_bytes", tier="raw") > 0
         for path in ("/", "/-/healthy", "/-/ready"):
@@ -200,3 +202,42 @@ def test_scrapes_an_exporter_behind_mutual_tls_and_basic_auth(tmp_path: Path, pg
     finally:
         exporter.stop()
     assert archived(pg_dsn, "perfwatch_scrape_collector_success")
+
+
+REFUSE_SCRAPE_3 = """
+CREATE FUNCTION public.refuse_scrape_3() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.value = 3 AND EXISTS (SELECT FROM perfwatch.series s JOIN perfwatch.metric m ON m.id = s.metric_id
+                                 WHERE s.id = NEW.series_id AND m.name = 'synthetic_scrape_number') THEN
+        RAISE EXCEPTION 'the test refuses scrape 3';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER refuse_scrape_3 BEFORE INSERT ON perfwatch.sample FOR EACH ROW EXECUTE FUNCTION public.refuse_scrape_3();
+"""
+
+
+def test_a_batch_the_database_refuses_is_set_aside_and_the_rest_written(tmp_path: Path, pg_dsn: str) -> None:
+    with SyntheticExporter() as synth:
+        synth.mode = "error"  # nothing to write until the trigger is in place
+        archiver = ArchiverProcess(tmp_path, {
+            "scrape_interval": "200ms", "targets": [{"url": synth.url, "job": "synthetic"}],
+            "database": {"dsn": pg_dsn, "retry_interval": "200ms"},
+        }).start()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(REFUSE_SCRAPE_3)
+        synth.mode = "ok"
+        archiver.wait_for(lambda: archiver.metric("perfwatch_archiver_batches_rejected_total") == 1
+                          and len(synth.served) >= 8 and archiver.metric("perfwatch_archiver_spool_batches") == 0,
+                          "scrape 3 set aside and later scrapes written")
+        assert archiver.metric("perfwatch_archiver_database_up") == 1  # refused, not unreachable
+        assert archiver.stop() == 0
+
+    served = synth.served_numbers()
+    assert scrape_numbers(pg_dsn) == [n for n in served if n != 3]
+    rejected = (tmp_path / "data" / "spool" / "rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 1
+    kept = Batch.from_json(rejected[0])
+    assert [s.value for s in kept.samples if s.name == "synthetic_scrape_number"] == [3.0]
+    assert "the test refuses scrape 3" in archiver.service.log()
