@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"perfwatch-archiver: config error: {err}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    # An operator command prints what it did; its log says only what went wrong, unless asked.
+    setup_logging(settings.log_level if command == "run" or opt("log_level") else "warning")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at info
     if command == "run":
         return run(settings, dsn, web_config)

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+import psycopg
 import sqlalchemy as sa
 
 from archiver.db import DatabaseUnavailable, make_engine
@@ -44,8 +45,16 @@ def operate(command: str, settings: ArchiverSettings, dsn: str | None) -> int:
     except DatabaseUnavailable as err:
         print(f"perfwatch-archiver: {command}: database unreachable: {err}", file=sys.stderr)
         return 1
+    except sa.exc.ProgrammingError as err:
+        if isinstance(err.orig, psycopg.errors.InvalidSchemaName | psycopg.errors.UndefinedFunction):
+            print(f"perfwatch-archiver: {command}: the database has no perfwatch archive yet; "
+                  "`perfwatch-archiver migrate` (or starting the archiver) creates it", file=sys.stderr)
+        else:
+            print(f"perfwatch-archiver: {command} failed: {_first_line(err.orig or err)}", file=sys.stderr)
+        return 1
     except Exception as err:  # a migration that fails, a missing privilege: say it, exit 1
-        print(f"perfwatch-archiver: {command} failed: {err}", file=sys.stderr)
+        print(f"perfwatch-archiver: {command} failed: {_first_line(getattr(err, 'orig', None) or err)}",
+              file=sys.stderr)
         return 1
     finally:
         engine.dispose()
@@ -86,7 +95,7 @@ def print_status(states: list[TierStatus]) -> None:
         rows.append((
             s.tier + ("" if s.in_policy else " (not mirrored yet)"),
             format_duration(s.resolution_seconds) if s.resolution_seconds else "-",
-            format_duration(s.retention_seconds),
+            _span(s.retention_seconds),
             _time(s.watermark) if s.tier != "raw" else "-",
             format_duration(round(s.lag_seconds)) if s.lag_seconds else "-",
             str(s.partitions), str(s.rows_estimate), _bytes(s.bytes),
@@ -96,6 +105,18 @@ def print_status(states: list[TierStatus]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _span(seconds: float) -> str:
+    """Retention as people write it: 2y, 90d, 36h (format_duration would say 12w6d for 90d)."""
+    for unit, suffix in ((365 * 86400, "y"), (86400, "d")):
+        if seconds >= unit and seconds % unit == 0:
+            return f"{int(seconds // unit)}{suffix}"
+    return format_duration(seconds)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _time(value: object) -> str:

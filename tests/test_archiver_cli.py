@@ -89,3 +89,13 @@ def test_operator_command_with_database_down_exits_1_and_says_why(tmp_path: Path
     result = run_cli("migrate", "--dsn", "postgresql://u:p@127.0.0.1:1/x")
     assert result.returncode == 1
     assert "database" in result.stderr and "127.0.0.1" in result.stderr, result.stderr
+
+
+def test_status_of_a_database_without_the_archive_says_what_to_do(pg_dsn: str) -> None:
+    result = run_cli("status", "--dsn", pg_dsn)
+    assert result.returncode == 1 and "no perfwatch archive yet" in result.stderr and "migrate" in result.stderr
+    assert "Traceback" not in result.stderr and "[SQL:" not in result.stderr
+    migrate = run_cli("migrate", "--dsn", pg_dsn)
+    assert migrate.returncode == 0 and "0001_roles.sql" in migrate.stdout and "policy mirrored" in migrate.stdout
+    status = run_cli("status", "--dsn", pg_dsn)
+    assert status.returncode == 0 and status.stdout.splitlines()[1].split()[:3] == ["raw", "-", "7d"], status.stdout
