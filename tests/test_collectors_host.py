@@ -263,7 +263,7 @@ def test_tcp_states_and_sockstat_match_proc(start_exporter) -> None:
     assert states["listen"] >= 4 + 1  # ours and the exporter's
     assert states["established"] >= 6
     for state in ("listen", "established"):
-        assert_between(states[state], before[state] - 4, after[state] + 4, state)
+        assert_between(states[state], before[state] - 10, after[state] + 10, state)
     sockstat = dict(re.findall(r"^(\w+): inuse (\d+)", read("/proc/net/sockstat"), re.MULTILINE))
     assert abs(value(text, "perfwatch_sockstat_sockets", protocol="tcp", state="inuse") - int(sockstat["TCP"])) < 20
     assert value(text, "perfwatch_sockets_used") > 0
@@ -278,7 +278,7 @@ def test_tcp_netlink_and_proc_files_agree(start_exporter, tmp_path: Path) -> Non
         by_netlink = by_label(netlink.scrape(), "perfwatch_tcp_connections", "state")
         by_files = by_label(files.scrape(), "perfwatch_tcp_connections", "state")
     assert by_netlink.keys() == by_files.keys()
-    for state in ("listen", "established"):
-        assert abs(by_netlink[state] - by_files[state]) <= 4, (state, by_netlink, by_files)
+    for state in ("listen", "established"):  # two scrapes, a moment apart: other programs' churn
+        assert abs(by_netlink[state] - by_files[state]) <= 10, (state, by_netlink, by_files)
     assert by_netlink["listen"] >= 3 + 2 and by_netlink["established"] >= 10
     assert "sock_diag" not in netlink.service.log()  # it did not fall back
