@@ -337,8 +337,13 @@ def test_filesystem_fake_mount_table(start_exporter, tmp_path: Path) -> None:
         "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0",
         "overlay /var/lib/docker/overlay2/abc/merged overlay rw 0 0",
     ))})
-    text = start_exporter(only("filesystem", procfs=str(proc), rootfs=str(root))).scrape()
+    exporter = start_exporter(only("filesystem", procfs=str(proc), rootfs=str(root)))
+    exporter.scrape()
+    text = exporter.scrape()
     assert value(text, "perfwatch_scrape_collector_success", collector="filesystem") == 1
+    # The failing mount is logged once, with what failed, not at every scrape.
+    assert exporter.service.log().count(f"statvfs of {root}/srv/missing (nfs4 on nfs:/gone) failed: "
+                                        "No such file or directory") == 1
     seen = {(dict(k)["device"], dict(k)["mountpoint"], dict(k)["fstype"]): v
             for k, v in values(text, "perfwatch_filesystem_device_error").items()}
     assert seen == {("/dev/vda1", "/", "ext4"): 0, ("/dev/vdb1", "/srv/data", "xfs"): 0,

@@ -144,6 +144,7 @@ class FilesystemCollector(Collector):
         self.mount_points_exclude = options.mount_points_exclude.compiled
         self.fs_types_exclude = options.fs_types_exclude.compiled
         self.runner = StatvfsRunner(options.statvfs_timeout)
+        self.failing: set[str] = set()  # mount points whose statvfs() failed last time
 
     def mounts(self) -> list[Mount]:
         """The host's mounts (init's mount namespace when we can see it), excluded ones left out."""
@@ -180,10 +181,16 @@ class FilesystemCollector(Collector):
             st = stats[path]
             values = [mount.device, mount.mountpoint, mount.fstype]
             if not isinstance(st, os.statvfs_result):
-                if isinstance(st, OSError):
-                    log.debug("statvfs of %s failed: %s", mount.mountpoint, st)
+                # Logged when a mount starts failing, not at every scrape (hangs: by the runner).
+                if isinstance(st, OSError) and mount.mountpoint not in self.failing:
+                    log.warning("statvfs of %s (%s on %s) failed: %s; reporting perfwatch_filesystem_device_error 1",
+                                path, mount.fstype, mount.device, st.strerror or st)
+                self.failing.add(mount.mountpoint)
                 error.add_metric(values, 1.0)
                 continue
+            if mount.mountpoint in self.failing:
+                self.failing.discard(mount.mountpoint)
+                log.info("statvfs of %s works again", path)
             error.add_metric(values, 0.0)
             size.add_metric(values, float(st.f_blocks * st.f_frsize))
             free.add_metric(values, float(st.f_bfree * st.f_frsize))
