@@ -154,6 +154,8 @@ def test_matchers(archive: Archive) -> None:
         codes({"code": {"~": "2"}})
     with pytest.raises(sa.exc.DBAPIError, match="must be a string, a list"):
         codes({"code": 200})
+    with pytest.raises(sa.exc.DBAPIError, match="matchers must be a JSON object"):
+        codes(["code", "200"])  # type: ignore[arg-type]
     with pytest.raises(sa.exc.DBAPIError, match="step must be a positive interval"):
         archive.series("synthetic_requests_total", {}, T_FROM, T_TO, "0 seconds")
 

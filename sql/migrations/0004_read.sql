@@ -135,8 +135,15 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    -- Non-empty equality matchers first narrow the series through the GIN index on labels ("" also
+    -- matches a series without the label, which @> would not).
     SELECT array_agg(s.id) INTO ids FROM perfwatch.series s
-        WHERE s.metric_id = m.id AND perfwatch.labels_match(s.labels, series.matchers);
+        WHERE s.metric_id = m.id
+          AND s.labels @> coalesce((SELECT jsonb_object_agg(e.key, e.value)
+                                    FROM jsonb_each(CASE WHEN jsonb_typeof(series.matchers) = 'object'
+                                                         THEN series.matchers END) e
+                                    WHERE jsonb_typeof(e.value) = 'string' AND e.value <> '""'), '{}')
+          AND perfwatch.labels_match(s.labels, series.matchers);
     IF ids IS NULL THEN
         RETURN;
     END IF;
