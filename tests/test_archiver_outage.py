@@ -28,7 +28,8 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 
 
 def config(synth: SyntheticExporter, dsn: str) -> dict[str, object]:
-    return {"scrape_interval": "200ms", "targets": [{"url": synth.url, "job": "synthetic"}],
+    # 400 ms: a scrape the server answered but the archiver gave up on would look like a loss.
+    return {"scrape_interval": "400ms", "targets": [{"url": synth.url, "job": "synthetic"}],
             "database": {"dsn": dsn, "retry_interval": "300ms"}}
 
 

@@ -28,9 +28,10 @@ def test_scrapes_synthetic_and_real_exporter_into_postgres_and_flushes_on_sigter
     exporter = start_exporter()
     with SyntheticExporter(reset_every=5) as synth:
         archiver = ArchiverProcess(tmp_path, {
-            "scrape_interval": "200ms",
+            "scrape_interval": "400ms",
             "targets": [{"url": synth.url, "job": "synthetic", "labels": {"site": "lab"}},
-                        {"url": exporter.url}],  # no path: /metrics; job defaults to perfwatch
+                        # no path: /metrics; job defaults to perfwatch
+                        {"url": exporter.url, "scrape_interval": "1s"}],
             "database": {"dsn": pg_dsn},
             "schedule": {"retention_interval": "1s"},
         }).start()
@@ -97,7 +98,7 @@ def test_failing_targets_are_logged_counted_and_the_rest_keeps_going(tmp_path: P
             SyntheticExporter(slow_seconds=2.0) as slow, SyntheticExporter() as good:
         malformed.mode, erroring.mode, slow.mode = "malformed", "error", "slow"
         archiver = ArchiverProcess(tmp_path, {
-            "scrape_interval": "500ms", "scrape_timeout": "300ms",
+            "scrape_interval": "1s", "scrape_timeout": "800ms",
             "targets": [{"url": t.url, "job": job} for t, job in
                         ((malformed, "malformed"), (erroring, "erroring"), (slow, "slow"), (good, "good"))]
                        + [{"url": down_url, "job": "down"}],
@@ -126,7 +127,7 @@ def test_failing_targets_are_logged_counted_and_the_rest_keeps_going(tmp_path: P
     log = archiver.service.log()
     for target, job, reason, detail in ((malformed, "malformed", "malformed", "cannot parse"),
                                         (erroring, "erroring", "http_status", "HTTP status 500"),
-                                        (slow, "slow", "timeout", "0.3s")):
+                                        (slow, "slow", "timeout", "0.8s")):
         assert re.search(rf"scrape of {job}/{target.instance} \({re.escape(target.url)}\) failed: {reason}: "
                          rf".*{detail}", log), log
     assert re.search(rf"scrape of down/\S+ \({re.escape(down_url)}\) failed: unreachable: connection refused", log)
@@ -190,7 +191,7 @@ def test_scrapes_an_exporter_behind_mutual_tls_and_basic_auth(tmp_path: Path, pg
     cert, key = pki.client_pair
     try:
         archiver = ArchiverProcess(tmp_path, {
-            "scrape_interval": "300ms", "database": {"dsn": pg_dsn},
+            "scrape_interval": "1s", "database": {"dsn": pg_dsn},
             "targets": [{"url": f"https://127.0.0.1:{port}/metrics",
                          "basic_auth": {"username": "archiver", "password_file": str(password_file)},
                          "tls_config": {"ca_file": str(pki.ca), "cert_file": cert, "key_file": key}}],
@@ -222,7 +223,7 @@ def test_a_batch_the_database_refuses_is_set_aside_and_the_rest_written(tmp_path
     with SyntheticExporter() as synth:
         synth.mode = "error"  # nothing to write until the trigger is in place
         archiver = ArchiverProcess(tmp_path, {
-            "scrape_interval": "200ms", "targets": [{"url": synth.url, "job": "synthetic"}],
+            "scrape_interval": "400ms", "targets": [{"url": synth.url, "job": "synthetic"}],
             "database": {"dsn": pg_dsn, "retry_interval": "200ms"},
         }).start()
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
