@@ -33,6 +33,7 @@ from archiver.migrate import apply_migrations
 from archiver.model import Batch, MetricMeta, Sample
 from archiver.policy import Policy, mirror_policy
 from archiver.rollup import run_rollups
+from archiver.status import tier_status
 from archiver.store import Store
 
 START = dt.datetime(2024, 3, 9, 21, 13, 7, 123000, tzinfo=dt.UTC)  # deliberately not on any bucket edge
@@ -216,3 +217,25 @@ def test_first_tier_waits_for_the_delay_and_tiers_for_the_one_below(pg_dsn: str)
     assert runs[0].watermark_after == dt.datetime(2024, 5, 1, 11, 0, tzinfo=dt.UTC)
     assert runs[1].watermark_after == dt.datetime(2024, 5, 1, 11, 0, tzinfo=dt.UTC)
     engine.dispose()
+
+
+def test_tier_status(rolled: tuple[sa.Engine, list[SyntheticSeries], list]) -> None:
+    engine, data, runs = rolled
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE"))
+        conn.commit()
+    raw, five, hour = tier_status(engine, POLICY, NOW)
+    assert (raw.tier, five.tier, hour.tier) == ("raw", "5m", "1h")
+    last = max(t for s in data for t, _ in s.points)  # 03:13:07.x, the data's end
+    assert raw.newest == at(last)
+    assert (five.watermark, hour.watermark) == (runs[0].watermark_after, runs[1].watermark_after)
+    assert five.newest == at(floor_ms(last, 300_000))  # the bucket of the last sample (03:10)
+    assert hour.newest == hour.watermark - dt.timedelta(hours=1)  # the last closed one (02:00)
+    assert five.lag_seconds == (NOW - five.watermark).total_seconds() and raw.lag_seconds is None
+    assert raw.oldest == dt.datetime(2024, 3, 9, tzinfo=dt.UTC) and raw.partitions == 3  # 9th, 10th, 11th
+    assert raw.rows_estimate == sum(len(s.points) for s in data)
+    assert five.rows_estimate == runs[0].buckets_written and hour.rows_estimate == runs[1].buckets_written
+    for level in (raw, five, hour):
+        assert level.bytes > 0 and 40 < level.bytes_per_row < 2000
+        assert level.dirty_ranges == 0 and level.in_policy
+    assert five.last_rollup_at == NOW and five.last_rollup_rows == 0  # the idempotency test ran a pass after

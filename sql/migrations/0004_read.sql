@@ -256,6 +256,7 @@ CREATE FUNCTION perfwatch.tier_status(p_now timestamptz DEFAULT now())
 DECLARE
     r record;
     time_col text;
+    part text;
 BEGIN
     FOR r IN SELECT p.*, t.table_name AS tbl, t.watermark AS wm, t.horizon AS hz
              FROM perfwatch.archive_policy p JOIN perfwatch.tier t ON t.name = p.tier ORDER BY p.level LOOP
@@ -273,10 +274,16 @@ BEGIN
           INTO partitions, oldest, rows_estimate, bytes
           FROM perfwatch.partition pa WHERE pa.tier = r.tier;
         bytes_per_row := CASE WHEN rows_estimate > 0 THEN bytes::double precision / rows_estimate END;
-        -- newest: one backward probe of the primary key per series and partition
+        -- newest: in the newest partition that holds anything (not ahead of now), one backward
+        -- probe of the primary key per series; status runs after every rollup pass, so no scans
         time_col := CASE WHEN r.level = 0 THEN 'ts' ELSE 'bucket' END;
-        EXECUTE format('SELECT max(m) FROM perfwatch.series s, LATERAL (SELECT max(%1$I) AS m FROM perfwatch.%2$I x '
-                       'WHERE x.series_id = s.id) l', time_col, r.tbl) INTO newest;
+        newest := NULL;
+        FOR part IN SELECT pa.table_name FROM perfwatch.partition pa WHERE pa.tier = r.tier AND pa.lo <= p_now
+                    ORDER BY pa.lo DESC LOOP
+            EXECUTE format('SELECT max(l.m) FROM perfwatch.series s, LATERAL (SELECT max(x.%1$I) AS m '
+                           'FROM perfwatch.%2$I x WHERE x.series_id = s.id) l', time_col, part) INTO newest;
+            EXIT WHEN newest IS NOT NULL;
+        END LOOP;
         SELECT count(*) INTO dirty_ranges FROM perfwatch.rollup_dirty d WHERE d.tier = r.tier;
         last_rollup_at := r.last_rollup_at;
         last_rollup_seconds := r.last_rollup_seconds;
