@@ -13,10 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.archiver import ArchiverProcess, scrape_numbers
+from support.archiver import ArchiverProcess, scrape_numbers, stop_leftovers
 from support.synthetic import SyntheticExporter
 
 from archiver.embedded import EmbeddedPostgres
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_archivers() -> Iterator[None]:
+    yield
+    stop_leftovers()
 
 
 @pytest.fixture

@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
 import psycopg
+import pytest
 import requests
 import yaml
-from support.archiver import ArchiverProcess, archived, scrape_numbers
+from support.archiver import ArchiverProcess, archived, scrape_numbers, stop_leftovers
 from support.pki import PKI
 from support.procs import REPO, Service, free_port, python_module
 from support.prometheus import promtool
@@ -19,6 +21,12 @@ from support.synthetic import NASTY_VALUES, SyntheticExporter, counter_value, ga
 
 from archiver.embedded import EmbeddedPostgres
 from archiver.model import Batch
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_archivers() -> Iterator[None]:
+    yield
+    stop_leftovers()
 
 LOGFMT = re.compile(r'^ts=\S+Z level=(debug|info|warning|error) logger=\S+ msg=".*"$')
 

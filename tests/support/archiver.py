@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,17 @@ import yaml
 
 from support.exposition import values
 from support.procs import Service, free_port, python_module
+
+RUNNING: list[ArchiverProcess] = []  # started and not yet stopped, for stop_leftovers()
+
+
+def stop_leftovers() -> None:
+    """Stop archivers a failed test left running (SIGTERM, so an embedded server stops too)."""
+    while RUNNING:
+        archiver = RUNNING.pop()
+        if archiver.service.running:
+            with contextlib.suppress(RuntimeError):  # it ignored SIGTERM: Service.stop has killed it
+                archiver.service.stop(signal.SIGTERM, timeout=30)
 
 
 class ArchiverProcess:
@@ -29,6 +42,7 @@ class ArchiverProcess:
                                workdir / f"{name}.log", ready_url=f"{self.url}/-/ready", ready_timeout=60)
 
     def start(self) -> ArchiverProcess:
+        RUNNING.append(self)
         self.service.start()
         return self
 
@@ -53,8 +67,8 @@ class ArchiverProcess:
             time.sleep(0.1)
 
     def stop(self, signum: int | None = None) -> int:
-        import signal
-
+        if self in RUNNING:
+            RUNNING.remove(self)
         return self.service.stop(signum or signal.SIGTERM, timeout=30)
 
 
