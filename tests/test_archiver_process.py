@@ -250,3 +250,19 @@ def test_a_batch_the_database_refuses_is_set_aside_and_the_rest_written(tmp_path
     kept = Batch.from_json(rejected[0])
     assert [s.value for s in kept.samples if s.name == "synthetic_scrape_number"] == [3.0]
     assert "the test refuses scrape 3" in archiver.service.log()
+
+
+def test_own_endpoints_take_the_exporters_web_config(tmp_path: Path, pg_dsn: str) -> None:
+    web_config = tmp_path / "web.yml"
+    web_config.write_text(yaml.safe_dump({"basic_auth_users": {
+        "prometheus": bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()}}))
+    with SyntheticExporter() as synth:
+        archiver = ArchiverProcess(tmp_path, {"targets": [{"url": synth.url}], "database": {"dsn": pg_dsn}},
+                                   "--web-config", str(web_config))
+        archiver.service.ready_url = f"{archiver.url}/-/healthy"  # the one path left open, as in the exporter
+        archiver.start()
+        assert requests.get(f"{archiver.url}/-/ready", timeout=10).status_code == 401
+        assert requests.get(f"{archiver.url}/metrics", timeout=10).status_code == 401
+        r = requests.get(f"{archiver.url}/metrics", auth=("prometheus", "secret"), timeout=10)
+        assert r.status_code == 200 and "perfwatch_archiver_target_up" in r.text
+        assert archiver.stop() == 0
