@@ -8,10 +8,12 @@ Python side runs by name). Samples go through psycopg 3's COPY on the pooled con
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import sqlalchemy as sa
@@ -22,6 +24,9 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SCHEMA = "perfwatch"
 WRITER_ROLE = "perfwatch_writer"
 GRAFANA_ROLE = "perfwatch_grafana"
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
 LOCK_CLASS = 1885696614  # 'perf': the advisory-lock class of every perfwatch lock (see sql/migrations/0003)
 
 
@@ -58,8 +63,39 @@ def _libpq_dsn(dsn: str) -> str:
     return dsn
 
 
+def _dbapi_error(err: BaseException) -> BaseException:
+    """The psycopg error under SQLAlchemy's wrapper, or `err` itself."""
+    if isinstance(err, sa.exc.DBAPIError) and err.orig is not None:
+        return err.orig
+    return err
+
+
+def is_conflict(err: BaseException) -> bool:
+    """A deadlock or serialization failure: the transaction lost a race and can simply run again."""
+    return isinstance(_dbapi_error(err), psycopg.errors.TransactionRollback)
+
+
+def retry_conflicts(what: str, work: Callable[..., T], *args: Any, attempts: int = 5) -> T:
+    """Run `work(*args)` (one whole transaction) again when it loses a deadlock or serialization race.
+
+    psycopg files these under OperationalError, but they say nothing about the database being
+    reachable: retrying at once is right, reporting an outage (and spooling) is not.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return work(*args)
+        except (sa.exc.SQLAlchemyError, psycopg.Error) as err:
+            if not is_conflict(err) or attempt == attempts:
+                raise
+            log.info("%s lost a lock race (%s); running it again", what, type(_dbapi_error(err)).__name__)
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
 def is_unavailable(err: BaseException) -> bool:
     """Whether `err` means the database cannot be reached (as opposed to a bug or bad data)."""
+    if is_conflict(err):
+        return False
     if isinstance(err, sa.exc.DBAPIError):
         if err.connection_invalidated:
             return True

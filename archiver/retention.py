@@ -39,13 +39,15 @@ def run_retention(engine: sa.Engine, policy: Policy, now: dt.datetime | None = N
     run = RetentionRun([], [], [], 0.0)
     for _, name, _, _ in policy.levels():
         level_started = time.monotonic()
-        with db.unavailable_as(f"retention of tier {name}"), engine.begin() as conn:
-            created = [row[0] for row in db.call_table(conn, "create_partitions_ahead", name, now)]
-            outcome = db.call_table(conn, "drop_expired", name, now)
-            dropped = [r.partition for r in outcome if r.dropped]
-            waiting = [r for r in outcome if not r.dropped]
-            conn.execute(sa.select(db.fn("record_retention", name, now, time.monotonic() - level_started,
-                                         len(dropped), len(waiting))))
+        # Two transactions: creating partitions takes the partition lock, dropping takes the
+        # rollup locks; a writer takes them the other way round, so one transaction holding
+        # both could deadlock with it.
+        with db.unavailable_as(f"retention of tier {name}"):
+            created = db.retry_conflicts(f"creating partitions of tier {name}", _create_ahead, engine, name, now)
+            outcome = db.retry_conflicts(f"retention of tier {name}", _drop_expired, engine, name, now,
+                                         level_started)
+        dropped = [r.partition for r in outcome if r.dropped]
+        waiting = [r for r in outcome if not r.dropped]
         run.created += created
         run.dropped += dropped
         run.waiting += [r.partition for r in waiting]
@@ -56,3 +58,17 @@ def run_retention(engine: sa.Engine, policy: Policy, now: dt.datetime | None = N
                         "them up", name, len(waiting), waiting[0].partition, waiting[0].hi)
     run.seconds = time.monotonic() - started
     return run
+
+
+def _create_ahead(engine: sa.Engine, name: str, now: dt.datetime) -> list[str]:
+    with engine.begin() as conn:
+        return [row[0] for row in db.call_table(conn, "create_partitions_ahead", name, now)]
+
+
+def _drop_expired(engine: sa.Engine, name: str, now: dt.datetime, level_started: float) -> list[sa.Row]:
+    with engine.begin() as conn:
+        outcome = db.call_table(conn, "drop_expired", name, now)
+        dropped = sum(1 for r in outcome if r.dropped)
+        conn.execute(sa.select(db.fn("record_retention", name, now, time.monotonic() - level_started,
+                                     dropped, len(outcome) - dropped)))
+        return outcome

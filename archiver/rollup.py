@@ -69,9 +69,12 @@ def _roll_tier(engine: sa.Engine, policy: Policy, level: int, name: str, resolut
     after = before
     delay = dt.timedelta(seconds=float(policy.rollup_delay))
     chunk = dt.timedelta(seconds=chunk_seconds(level, resolution))
-    while True:
+    def next_chunk() -> sa.Row:
         with engine.begin() as conn:
-            step = db.call_table(conn, "rollup_next", name, now, delay, chunk)[0]
+            return db.call_table(conn, "rollup_next", name, now, delay, chunk)[0]
+
+    while True:
+        step = db.retry_conflicts(f"rollup of tier {name}", next_chunk)
         if step.lo is None or step.hi <= step.lo:
             break
         rows += step.rows

@@ -85,6 +85,10 @@ class Store:
                     self.replayed_batches += 1
                     log.debug("batch of %s at %d is (partly) stored already; writing it idempotently",
                               target, batch.scraped_at_ms)
+                except psycopg.errors.TransactionRollback as err:
+                    # Lost a lock race with a rollup or retention pass: nothing was stored; again.
+                    log.info("writing the batch of %s lost a lock race (%s); writing it again",
+                             target, type(err).__name__)
                 except psycopg.errors.CheckViolation as err:
                     if "no partition" not in str(err):
                         raise

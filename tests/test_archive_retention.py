@@ -128,3 +128,38 @@ def test_each_tier_waits_for_the_next_and_the_last_only_for_its_retention(engine
     assert run.dropped == [f"rollup_5m_{d}" for d in days] + ["rollup_1h_20240529"]  # 12 days, ended 06-10
     assert run.waiting == []
     assert partitions(engine, "1h") == ["rollup_1h_20240728", "rollup_1h_20240809"]  # those ahead
+
+
+def test_retention_and_a_writer_in_mid_write_do_not_deadlock(pg_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A store write holds the raw-write lock (shared) and then may create a partition; a
+    retention pass creates partitions and then takes the raw-write lock. Holding both in one
+    transaction deadlocked against the writer; the pass must take them one at a time."""
+    import threading
+    import time
+
+    import psycopg
+
+    engine = db.make_engine(pg_dsn)
+    apply_migrations(engine)
+    mirror_policy(engine, POLICY)
+    now = utc(2024, 6, 7, 5)
+    writer = psycopg.connect(pg_dsn)
+    writer.execute("SELECT * FROM perfwatch.begin_write()")  # a write in progress: shared raw-write lock
+    outcome: list[object] = []
+    retention = threading.Thread(target=lambda: outcome.append(run_retention(engine, POLICY, now)))
+    with caplog.at_level("INFO", logger="archiver"):
+        retention.start()
+        deadline = time.monotonic() + 30
+        while not writer.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                                 ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline and retention.is_alive(), "retention never waited for the writer"
+            time.sleep(0.05)
+        # The writer needs a partition nobody created ahead: it takes the partition lock now.
+        writer.execute("SELECT perfwatch.ensure_partition('raw', %s)", (now + dt.timedelta(days=20),))
+        writer.commit()
+        retention.join(60)
+    writer.close()
+    engine.dispose()
+    assert not retention.is_alive()
+    assert len(outcome) == 1, "retention pass failed"
+    assert "lock race" not in caplog.text
