@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ from archiver import __version__
 from archiver.settings import DEFAULT_PORT, ArchiverSettings, load_settings
 from exporter.config import ConfigError, parse_listen
 from exporter.logs import LEVELS, setup_logging
-from exporter.web import Request, Response, WebServer, landing_page, metrics_handler, text_handler
+from exporter.web import Request, Response, WebServer, metrics_handler, service_routes, stop_on_signals
 from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("archiver")
@@ -105,27 +104,14 @@ def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | Non
     def ready(_request: Request) -> Response:
         return Response(200, b"Ready.\n") if started.is_set() else Response(503, b"Starting.\n")
 
-    routes = {
-        "/metrics": metrics_handler(archiver.metrics.registry),
-        "/-/healthy": text_handler("Healthy.\n"),
-        "/-/ready": ready,
-        "/": landing_page("perfwatch archiver", __version__,
-                          {"/metrics": "Metrics", "/-/healthy": "Health", "/-/ready": "Readiness"}),
-    }
+    routes = service_routes("perfwatch archiver", __version__, metrics_handler(archiver.metrics.registry), ready)
     try:
         server = WebServer(host, port, routes, server_name=f"perfwatch-archiver/{__version__}", web_config=web_config)
     except OSError as err:
         log.error("cannot listen on %s: %s", settings.listen, err.strerror or err)
         return 1
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log)
     server.start()
     log.info("perfwatch-archiver %s listening on %s://%s:%d, data in %s", __version__, server.scheme, host,
              server.port, Path(settings.data_dir).resolve())

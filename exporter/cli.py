@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 from exporter import __version__
@@ -15,7 +13,7 @@ from exporter.config import ConfigError, parse_listen
 from exporter.logs import LEVELS, setup_logging
 from exporter.scrape import CollectorSet, build_registry, render
 from exporter.settings import DEFAULT_PORT, load_settings
-from exporter.web import WebServer, landing_page, metrics_handler, text_handler
+from exporter.web import WebServer, metrics_handler, service_routes, stop_on_signals
 from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
@@ -75,13 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     collector_set = CollectorSet(collectors)
     registry = build_registry(collector_set, version=__version__)
-    routes = {
-        "/metrics": metrics_handler(registry, render),
-        "/-/healthy": text_handler("Healthy.\n"),
-        "/-/ready": text_handler("Ready.\n"),
-        "/": landing_page("perfwatch exporter", __version__,
-                          {"/metrics": "Metrics", "/-/healthy": "Health", "/-/ready": "Readiness"}),
-    }
+    routes = service_routes("perfwatch exporter", __version__, metrics_handler(registry, render))
     try:
         server = WebServer(host, port, routes, server_name=f"perfwatch-exporter/{__version__}",
                            web_config=web_config)
@@ -90,15 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         collector_set.close()
         return 1
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
+    stop = stop_on_signals(log)
     server.start()
     enabled = [c.name for c in collectors]
     disabled = [n for n, e in collector_settings.items() if not e.enabled]

@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import html
 import logging
+import signal
 import socket
 import ssl
 import threading
@@ -99,6 +100,29 @@ def landing_page(title: str, version: str, links: dict[str, str]) -> Handler:
         return Response(200, page, "text/html; charset=utf-8")
 
     return handle
+
+
+def service_routes(title: str, version: str, metrics: Handler, ready: Handler | None = None) -> dict[str, Handler]:
+    """The endpoints every perfwatch process serves: /metrics, health, readiness, a landing page."""
+    return {
+        "/metrics": metrics,
+        "/-/healthy": text_handler("Healthy.\n"),
+        "/-/ready": ready or text_handler("Ready.\n"),
+        "/": landing_page(title, version, {"/metrics": "Metrics", "/-/healthy": "Health", "/-/ready": "Readiness"}),
+    }
+
+
+def stop_on_signals(log: logging.Logger) -> threading.Event:
+    """An event that SIGTERM or SIGINT sets (and logs), for the main thread to wait on."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
 
 
 class _HTTPServer(ThreadingHTTPServer):
