@@ -386,6 +386,26 @@ def test_panel_returns_data(stack: Stack, file: str, title: str) -> None:
                 check_sql_result(f"{title} {target['refId']} ({points} points)", target["format"], columns, rows)
 
 
+PROMETHEUS_DASHBOARDS = [path.name for path in DASHBOARDS
+                         if variable_specs(load_dashboard(path))["datasource"]["query"] == "prometheus"]
+
+
+@pytest.mark.parametrize("file", PROMETHEUS_DASHBOARDS)
+def test_all_selects_what_the_variable_offers_and_nothing_more(stack: Stack, file: str) -> None:
+    """`All` goes into the query as the variable's allValue (a regex): it must select the jobs and
+    instances the variable lists, not every target Prometheus scrapes (Prometheus' own, say)."""
+    specs = variable_specs(load_dashboard(REPO / "grafana/dashboards" / file))
+    jobs = label_values(stack, specs["job"]["definition"], {})
+    job = Variable.from_dashboard(specs["job"], [ALL] if specs["job"].get("includeAll") else ["perfwatch"], jobs)
+    instances = label_values(stack, specs["instance"]["definition"], {"job": job})
+    variables = {"job": job, "instance": Variable.from_dashboard(specs["instance"], [ALL], instances)}
+    for label, allowed in (("job", set(job.options if job.selected == [ALL] else job.selected)),
+                           ("instance", set(instances))):
+        expr = f'count by ({label}) ({{job=~"$job", instance=~"$instance"}})'
+        selected = {series["metric"][label] for series in run_promql(stack, expr, variables, instant=True)}
+        assert selected == allowed, f"{file}: All selects {label} {sorted(selected)}, not {sorted(allowed)}"
+
+
 def test_ten_second_steps_are_served_by_the_ten_second_tier(stack: Stack) -> None:
     time_range = TimeRange(stack.started - dt.timedelta(minutes=2), dt.datetime.now(dt.UTC).replace(microsecond=0))
     with psycopg.connect(stack.grafana_dsn()) as conn:
