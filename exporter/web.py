@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,6 +153,16 @@ class _HTTPServer(ThreadingHTTPServer):
                 log.info("TLS handshake with %s failed: %s", peer, err)
                 return
         super().finish_request(request, client_address)  # type: ignore[arg-type]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # socketserver's default prints a bare traceback to stderr, outside the logfmt log. A client
+        # that leaves mid-response (Prometheus giving up on a scrape at its timeout) is routine.
+        err = sys.exc_info()[1]
+        peer = client_address[0] if isinstance(client_address, tuple) else client_address
+        if isinstance(err, ConnectionError | TimeoutError):
+            log.debug("connection from %s ended early: %s", peer, err)
+        else:
+            log.error("request from %s failed", peer, exc_info=True)
 
 
 class WebServer:

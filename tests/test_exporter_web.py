@@ -1,0 +1,59 @@
+"""exporter/web.py in process: what happens to connections the exporter's and archiver's servers hold."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from exporter.web import Request, Response, WebServer
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def slow_server() -> Iterator[tuple[WebServer, threading.Event]]:
+    """A server whose /slow answers only once the test sets the event."""
+    release = threading.Event()
+
+    def slow(_request: Request) -> Response:
+        release.wait(10)
+        return Response(200, b"x" * 100_000)
+
+    server = WebServer("127.0.0.1", 0, {"/slow": slow, "/fast": lambda _r: Response(200, b"ok\n")},
+                       server_name="test")
+    server.start()
+    yield server, release
+    release.set()
+    server.stop()
+
+
+def test_a_client_that_leaves_mid_scrape_is_a_debug_line_not_a_traceback(
+        slow_server: tuple[WebServer, threading.Event], caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    server, release = slow_server
+    caplog.set_level(logging.DEBUG, logger="exporter.web")
+    # Prometheus giving up at its scrape timeout: the request is sent, the connection reset.
+    client = socket.create_connection(("127.0.0.1", server.port))
+    client.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.2)  # the server has read the request and waits in the handler
+    client.close()
+    time.sleep(0.2)
+    release.set()
+    wait_until(lambda: "ended early" in caplog.text)
+    assert "connection from 127.0.0.1 ended early" in caplog.text
+    assert "Traceback" not in capfd.readouterr().err  # socketserver's default: a bare traceback on stderr
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as again:  # still serving
+        again.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert again.recv(100).startswith(b"HTTP/1.1 200")
