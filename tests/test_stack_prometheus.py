@@ -103,7 +103,7 @@ def test_every_alert_has_a_summary_description_and_runbook_in_the_readme() -> No
         assert rule["alert"].lower() in anchors, f"README.md has no runbook section for {rule['alert']}"
 
 
-def test_alert_pairs_share_the_expression_shape_and_differ_in_severity() -> None:
+def test_alert_pairs_are_a_warning_then_a_critical() -> None:
     by_name: dict[str, list[dict[str, Any]]] = {}
     for rule in rules():
         if "alert" in rule:
