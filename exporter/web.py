@@ -34,6 +34,11 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # "the process serves HTTP" tells nobody anything. Everything else (/metrics, /, /-/ready) needs them.
 OPEN_PATHS = frozenset({"/-/healthy"})
 AUTH_REALM = "perfwatch"
+# A connection that sends nothing for this long is closed. Without it, a keep-alive client that
+# vanished without a FIN (a partitioned or killed host) would hold a thread and an fd for the
+# life of the process (Go's servers find such peers through TCP keep-alive; Python's do not).
+# Longer than any usual scrape interval, so Prometheus keeps reusing its connection.
+IDLE_TIMEOUT = 300.0
 
 
 @dataclasses.dataclass
@@ -169,9 +174,10 @@ class WebServer:
     """Serves `routes` (path → handler) on `host:port` from a background thread."""
 
     def __init__(self, host: str, port: int, routes: dict[str, Handler], *, server_name: str,
-                 web_config: WebConfig | None = None) -> None:
+                 web_config: WebConfig | None = None, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.routes = routes
         self.server_name = server_name
+        self.idle_timeout = idle_timeout
         self.web_config = web_config or WebConfig()
         server_cls = _HTTPServer
         if ":" in host:
@@ -210,6 +216,7 @@ class WebServer:
             # Headers and body go out in two writes; with Nagle on, a keep-alive client (Prometheus)
             # waits for its delayed ACK: +40 ms per scrape. TCP_NODELAY sends both at once.
             disable_nagle_algorithm = True
+            timeout = server.idle_timeout
 
             def do_GET(self) -> None:
                 self._serve(head=False)

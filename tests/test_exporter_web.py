@@ -57,3 +57,32 @@ def test_a_client_that_leaves_mid_scrape_is_a_debug_line_not_a_traceback(
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as again:  # still serving
         again.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
         assert again.recv(100).startswith(b"HTTP/1.1 200")
+
+
+def server_threads() -> int:
+    # The request threads socketserver starts (Thread-N (process_request_thread)).
+    return sum(1 for t in threading.enumerate() if "process_request_thread" in t.name)
+
+
+def test_idle_connections_are_closed_and_their_threads_end() -> None:
+    server = WebServer("127.0.0.1", 0, {"/fast": lambda _r: Response(200, b"ok\n")}, server_name="test",
+                       idle_timeout=0.5)
+    server.start()
+    try:
+        before = server_threads()
+        used = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        used.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"ok\n"):
+            answer += used.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 200")  # keep-alive: the server holds it open
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)  # never says a word
+        wait_until(lambda: server_threads() == before + 2)
+        start = time.monotonic()
+        assert used.recv(1000) == b"" and silent.recv(1000) == b""  # closed by the server
+        assert time.monotonic() - start < 5
+        wait_until(lambda: server_threads() == before)
+        used.close()
+        silent.close()
+    finally:
+        server.stop()
