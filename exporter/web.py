@@ -70,7 +70,12 @@ def accepts_gzip(accept_encoding: str) -> bool:
         coding, _, params = part.strip().partition(";")
         if coding.strip().lower() in ("gzip", "*"):
             q = params.strip()
-            return not (q.startswith("q=") and float(q[2:] or 0) == 0)
+            if not q.startswith("q="):
+                return True
+            try:
+                return float(q[2:]) > 0
+            except ValueError:  # a malformed quality: plain text, which every client reads
+                return False
     return False
 
 

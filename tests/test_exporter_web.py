@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from exporter.web import Request, Response, WebServer
+from exporter.web import Request, Response, WebServer, accepts_gzip
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -86,3 +86,28 @@ def test_idle_connections_are_closed_and_their_threads_end() -> None:
         silent.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("header", "gzip"), [
+    ("gzip", True), ("GZIP, deflate", True), ("deflate, gzip;q=0.5", True), ("*", True), ("gzip;q=1.0", True),
+    ("", False), ("identity", False), ("gzip;q=0", False), ("gzip;q=0.000", False), ("deflate, *;q=0", False),
+    ("gzip;q=", False), ("gzip;q=abc", False),
+])
+def test_accept_encoding(header: str, gzip: bool) -> None:
+    assert accepts_gzip(header) is gzip
+
+
+def test_a_malformed_accept_encoding_gets_plain_text() -> None:
+    server = WebServer("127.0.0.1", 0, {"/m": lambda _r: Response(200, b"body\n", compressible=True)},
+                       server_name="test")
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall(b"GET /m HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip;q=abc\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := client.recv(1000):
+                answer += chunk
+    finally:
+        server.stop()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\nbody\n")
+    assert b"Content-Encoding" not in answer
