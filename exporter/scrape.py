@@ -73,7 +73,12 @@ class CollectorSet:
         return families
 
     def close(self) -> None:
-        for collector in self.collectors:
+        # Wait for a scrape in progress, and run no collector after this: a keep-alive connection
+        # can still be served after the server stopped accepting, and a closed perf collector
+        # would open its counters again.
+        with self._lock:
+            collectors, self.collectors = self.collectors, []
+        for collector in collectors:
             try:
                 collector.close()
             except Exception:
