@@ -111,7 +111,8 @@ def test_every_event_is_reported_and_fds_match(start_exporter) -> None:
     assert value(text, "perfwatch_perf_counters_open") == opened
     assert perf_fds(exporter.service.proc.pid) == opened
     assert value(text, "perfwatch_scrape_collector_success", collector="perf") == 1
-    assert exporter.stop() == 0
+    assert exporter.stop() == 0  # SIGTERM
+    assert f"perf: closed {opened} counters" in exporter.service.log()
 
 
 def ensure_unprivileged_user() -> str | None:

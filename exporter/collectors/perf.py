@@ -120,9 +120,11 @@ class PerfCollector(Collector):
                     sum(1 for slot in self.slots.values() if slot.fd is not None))
 
     def close(self) -> None:
-        for slot in self.slots.values():
-            if slot.fd is not None:
-                self._close_fd(slot)
+        held = [slot for slot in self.slots.values() if slot.fd is not None]
+        for slot in held:
+            self._close_fd(slot)
+        if held:
+            log.info("perf: closed %d counters", len(held))
 
     # -- CPUs coming and going ---------------------------------------------------------------
 
