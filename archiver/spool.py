@@ -18,6 +18,7 @@ bound exists so a long outage cannot fill the disk.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -167,8 +168,11 @@ class Spool:
                 # Disk full or failing: cut what part of the line got out, so the next append
                 # starts on a line boundary, and let the caller report the lost batch.
                 self.dropped_batches += 1
-                self._writer.close()
-                self._writer = None
+                writer, self._writer = self._writer, None  # the next append opens the file afresh
+                with contextlib.suppress(OSError):
+                    # close() flushes what the disk refused once more, fails again and raises;
+                    # the file is closed all the same.
+                    writer.close()
                 os.truncate(segment.path, segment.size)
                 raise
             segment.size += len(line)

@@ -173,3 +173,36 @@ def test_segment_truncated_underneath_is_survived(tmp_path: Path) -> None:
     assert spool.peek() is None and spool.stats().batches == 0
     spool.append(batch(3))
     assert drain(spool) == [batch(3)]
+
+
+def test_a_full_disk_loses_only_the_batches_it_refused(tmp_path: Path) -> None:
+    # A real write error from the kernel: a child process whose file size limit the spool's
+    # segment reaches (EFBIG, as ENOSPC would be on a full disk). Once there is room again the
+    # spool must take batches again, and nothing half-written may be left in it.
+    child = textwrap.dedent(f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from test_archiver_spool import batch
+        from archiver.spool import Spool
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing us
+        spool = Spool(sys.argv[1])
+        size = len(batch(0, samples=20).to_json()) + 1
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(size * 3.5), resource.RLIM_INFINITY))
+        for i in range(8):
+            if i == 6:  # room again
+                resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            try:
+                spool.append(batch(i, samples=20))
+                print(i, "ok", flush=True)
+            except Exception as err:
+                print(i, type(err).__name__, flush=True)
+        print("dropped", spool.dropped_batches)
+    """)
+    result = subprocess.run([sys.executable, "-c", child, str(tmp_path)], capture_output=True, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["0 ok", "1 ok", "2 ok", "3 OSError", "4 OSError", "5 OSError", "6 ok",
+                                          "7 ok", "dropped 3"]
+    again = Spool(tmp_path)
+    assert drain(again) == [batch(i, samples=20) for i in (0, 1, 2, 6, 7)]
+    assert again.rejected_lines == 0 and not (tmp_path / "rejected.jsonl").exists()
