@@ -514,3 +514,19 @@ def test_close_releases_real_perf_fds() -> None:
     assert value(text, "perfwatch_perf_counters_open") == held
     collector.close()
     assert perf_fds() == before
+
+
+def test_a_transient_open_error_is_retried_unsupported_and_refused_are_not(tmp_path: Path) -> None:
+    kernel = FakeKernel(errors={"page-faults": errno.EMFILE, "cycles": errno.ENOENT, "task-clock": errno.EACCES})
+    collector = make(tmp_path, kernel, events=["page-faults", "cycles", "task-clock"], cpus="0")
+    supported = {dict(k)["event"]: v for k, v in values(scrape(collector), "perfwatch_perf_event_supported").items()}
+    assert supported == {"page-faults": 0, "cycles": 0, "task-clock": 0}
+    del kernel.errors["page-faults"]  # the fd table has room again
+    del kernel.errors["cycles"], kernel.errors["task-clock"]  # would open now, but are not asked again
+    text = scrape(collector)
+    assert value(text, "perfwatch_perf_event_supported", event="page-faults") == 1
+    kernel.counter("page-faults", 0).set(70, 5, 5)
+    assert value(scrape(collector), "perfwatch_perf_page_faults_total", cpu="0") == 70
+    opens = [event for event, *_ in kernel.calls]
+    assert opens.count("cycles") == opens.count("task-clock") == 1
+    assert opens.count("page-faults") == 3  # at start, at the first scrape (EMFILE still), then open

@@ -75,7 +75,10 @@ class PerfCollector(Collector):
         self.events = [pe.EVENTS[name] for name in options.events]
         self.wanted = set(pe.parse_cpu_list(options.cpus)) if options.cpus else None
         self.slots: dict[tuple[str, int], _Slot] = {}
-        self.failed: dict[tuple[str, int], int] = {}  # errno of the open that failed
+        # errno of the open that failed. Unsupported and refused events stay failed until a restart
+        # (or their CPU returns); other errors (EMFILE, EBUSY, ENOMEM) are this moment's, retried
+        # at every scrape, so a counter lost to a read error and then to a full fd table comes back.
+        self.failed: dict[tuple[str, int], int] = {}
         self.active: set[int] = set()
         self._read_failing: set[tuple[str, int]] = set()
         self.pmu_types = pe.hybrid_pmu_types(paths.sys("bus", "event_source", "devices"))
@@ -151,7 +154,8 @@ class PerfCollector(Collector):
                 key = (event.name, cpu)
                 slot = self.slots.get(key)
                 # Open what is not open: new CPUs and counters whose fd was lost (see _read).
-                if (slot is None or slot.fd is None) and key not in self.failed:
+                err = self.failed.get(key)
+                if (slot is None or slot.fd is None) and (err is None or pe.classify(err) == "error"):
                     self._open(event, cpu)
         if log_changes and (gone or new):
             changes = [f"CPUs {pe.format_cpu_list(cpus)} {what}" for cpus, what in (
@@ -167,6 +171,7 @@ class PerfCollector(Collector):
         except OSError as err:
             self.failed[(event.name, cpu)] = err.errno or errno.EIO
             return
+        self.failed.pop((event.name, cpu), None)
         slot = self.slots.setdefault((event.name, cpu), _Slot())
         slot.fd, slot.last = fd, pe.ZERO  # a new counter starts at zero: its first read is all new
 
