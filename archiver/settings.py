@@ -12,6 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from archiver.policy import Policy
 from archiver.scrape import LABEL_NAME_RE, Target, default_instance
 from archiver.scrapeauth import AuthorizationConfig, BasicAuthConfig, TLSClientConfig, validate_client_auth
+from archiver.spool import DEFAULT_MAX_BYTES
 from exporter.config import ConfigError, Duration, from_mapping, load_yaml, parse_listen
 
 DEFAULT_PORT = 10281  # the exporter's 10280 + 1
@@ -97,7 +98,7 @@ def check_dsn(dsn: str, key: str) -> None:
 
 @dataclasses.dataclass
 class SpoolSettings:
-    max_bytes: int = dataclasses.field(default=1 << 30, metadata={
+    max_bytes: int = dataclasses.field(default=DEFAULT_MAX_BYTES, metadata={
         "help": "Most disk the spool may use; when full, the oldest batches are dropped (logged, counted)."})
 
     def validate(self, key: str) -> None:

@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import threading
-import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -280,10 +279,6 @@ class Spool:
                 entry = self.peek()
                 oldest = entry.batch.scraped_at_ms if entry else None
             return SpoolStats(batches, self._pending_bytes(), oldest)
-
-    def oldest_age_seconds(self, now: float | None = None) -> float:
-        oldest = self.stats().oldest_ms
-        return 0.0 if oldest is None else max(0.0, (now or time.time()) - oldest / 1000)
 
     def close(self) -> None:
         with self._lock:
