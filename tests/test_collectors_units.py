@@ -67,6 +67,30 @@ def test_hung_statvfs_costs_one_timeout_then_is_skipped_until_it_returns() -> No
         runner.close()
 
 
+def statvfs_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "statvfs"}
+
+
+def test_an_abandoned_worker_ends_when_its_hung_call_returns() -> None:
+    # The hung mount last in the batch (NFS mounts often come last): after its call returns the
+    # worker has no next path at which to see it was abandoned.
+    others = statvfs_threads()
+    fake = HangingStatvfs("/hung")
+    runner = StatvfsRunner(timeout=0.3, statvfs=fake)
+    try:
+        assert runner.run(["/a", "/hung"])["/hung"] is None
+        [abandoned] = statvfs_threads() - others
+        fake.release.set()
+        wait_until(lambda: not runner.hung)
+        abandoned.join(5)
+        assert not abandoned.is_alive()  # not blocked for ever on the old queue
+        assert isinstance(runner.run(["/a", "/hung"])["/hung"], os.statvfs_result)
+        assert len(statvfs_threads() - others) == 1  # the new worker
+    finally:
+        fake.release.set()
+        runner.close()
+
+
 def test_statvfs_errors_are_returned_not_raised(tmp_path: Path) -> None:
     runner = StatvfsRunner(timeout=5)
     try:

@@ -83,7 +83,10 @@ class StatvfsRunner:
             if not batch.done.wait(self.timeout):
                 with self._lock:
                     batch.abandoned = True
-                    self._queue = None  # the next scrape starts a new worker
+                    # The next scrape starts a new worker. This one ends at its next look at the
+                    # batch, or, if the hung call was the batch's last, at this None.
+                    self._queue.put(None)
+                    self._queue = None
                     if batch.current is not None:
                         self.hung.add(batch.current)
                         log.warning("statvfs of %s did not return within %.1fs: reporting a device error "
