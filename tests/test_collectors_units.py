@@ -120,6 +120,21 @@ def test_filesystem_collector_reports_hung_mount_as_device_error(tmp_path: Path)
         collector.close()
 
 
+def test_failures_of_mounts_that_went_away_are_forgotten(tmp_path: Path) -> None:
+    mounts = tmp_path / "proc" / "1" / "mounts"
+    mounts.parent.mkdir(parents=True)
+    collector = FilesystemCollector(FilesystemOptions(), HostPaths(procfs=str(tmp_path / "proc"), rootfs="/"))
+    try:
+        for i in range(50):  # short-lived mounts, each failing (their directories do not exist)
+            mounts.write_text(f"/dev/vda1 / ext4 rw 0 0\nnfs:/x /srv/gone-{i} nfs4 rw 0 0\n")
+            families = {f.name: f for f in collector.collect()}
+            errors = {s.labels["mountpoint"]: s.value for s in families["perfwatch_filesystem_device_error"].samples}
+            assert errors == {"/": 0.0, f"/srv/gone-{i}": 1.0}
+        assert collector.failing == {"/srv/gone-49"}
+    finally:
+        collector.close()
+
+
 def test_parse_mounts_unescapes_octal() -> None:
     [mount] = parse_mounts("//srv/share /mnt/my\\040disk\\011tab\\012nl\\134bs cifs rw 0 0\n")
     assert mount.device == "//srv/share" and mount.fstype == "cifs"

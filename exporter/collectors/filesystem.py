@@ -168,6 +168,9 @@ class FilesystemCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         mounts = self.mounts()
+        # Forget failures of mounts that went away: over months, containers and automounts come
+        # and go, and a set that only grows is a leak.
+        self.failing &= {m.mountpoint for m in mounts}
         rootfs = self.paths.rootfs
         paths = [os.path.join(rootfs, m.mountpoint.lstrip("/")) for m in mounts]
         stats = self.runner.run(paths)
