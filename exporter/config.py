@@ -197,16 +197,3 @@ def convert(hint: Any, raw: Any, key: str) -> Any:
         return raw
     raise TypeError(f"config field {key} has unsupported type {hint}")
 
-
-def describe_fields(cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) of a config dataclass, for docs and `--help`."""
-    out = []
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        out.append((f.name, str(f.type), default, f.metadata.get("help", "")))
-    return out

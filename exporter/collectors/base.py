@@ -133,9 +133,3 @@ def parsing(path: str) -> Iterator[None]:
     except (ValueError, IndexError, KeyError, StopIteration) as err:
         raise ValueError(f"cannot parse {path}: {type(err).__name__}: {err}") from err
 
-
-def labelled(family: Metric, rows: Iterator[tuple[Sequence[str], float]]) -> Metric:
-    """Add `(label values, value)` rows to a labelled family and return it."""
-    for values, value in rows:
-        family.add_metric(list(values), value)
-    return family
