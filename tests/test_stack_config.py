@@ -276,6 +276,15 @@ def test_generate_makes_every_secret_random_private_and_consistent(tmp_path: Pat
     assert before == {name: (first / name).read_text() for name in names}
 
 
+def test_generate_builds_the_dsn_from_a_password_written_by_hand(tmp_path: Path) -> None:
+    """secrets/README.md invites writing your own passwords: the DSN must carry any of them intact."""
+    password = "p@ss/w:rd#1% it's \\ ü"
+    (tmp_path / "archiver_db_password").write_text(password)
+    subprocess.run([str(REPO / "secrets/generate"), str(tmp_path)], check=True, capture_output=True, text=True)
+    dsn = conninfo_to_dict((tmp_path / "archiver_dsn").read_text())
+    assert (dsn["password"], dsn["host"], dsn["user"]) == (password, "postgres", "perfwatch_writer")
+
+
 # -- grafana.ini ----------------------------------------------------------------------------------
 
 
