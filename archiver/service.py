@@ -15,9 +15,11 @@ import fcntl
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
+import sqlalchemy as sa
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -39,6 +41,7 @@ log = logging.getLogger("archiver")
 
 SHUTDOWN_GRACE = 5.0  # seconds SIGTERM waits for the writer to empty the spool into the database
 REJECT_AFTER = 3  # a batch the database refuses this many times (while up) is set aside
+T = TypeVar("T")
 
 
 class DataDirLockedError(RuntimeError):
@@ -232,23 +235,11 @@ class Archiver:
             m.samples_scraped.labels(t.job, t.instance).inc(len(batch.samples))
 
     def rollup_pass(self) -> bool:
-        assert self.db is not None
-        tiers = [t.name for t in self.settings.policy.tiers]
-        try:
-            if not self.db.ready():
-                raise DatabaseUnavailable("the database is not ready")
-            with self._maintenance:
-                runs = run_rollups(self.db.engine, self.settings.policy)
-        except Exception as err:
-            if isinstance(err, DatabaseUnavailable):
-                self.db.mark_down(err)
-                log.warning("rollup pass skipped: %s", err)
-            else:
-                log.error("rollup pass failed: %s", err, exc_info=True)
-            for tier in tiers:
-                self.metrics.rollup_runs.labels(tier, "error").inc()
+        runs = self._maintenance_pass("rollup", run_rollups)
+        if runs is None:
+            for tier in self.settings.policy.tiers:
+                self.metrics.rollup_runs.labels(tier.name, "error").inc()
             return False
-        self.db.mark_up()
         for run in runs:
             self.metrics.rollup_runs.labels(run.tier, "ok").inc()
         self.metrics.rollup_last_success.set(time.time())
@@ -256,26 +247,33 @@ class Archiver:
         return True
 
     def retention_pass(self) -> bool:
-        assert self.db is not None
-        try:
-            if not self.db.ready():
-                raise DatabaseUnavailable("the database is not ready")
-            with self._maintenance:
-                run = run_retention(self.db.engine, self.settings.policy)
-        except Exception as err:
-            if isinstance(err, DatabaseUnavailable):
-                self.db.mark_down(err)
-                log.warning("retention pass skipped: %s", err)
-            else:
-                log.error("retention pass failed: %s", err, exc_info=True)
+        run = self._maintenance_pass("retention", run_retention)
+        if run is None:
             self.metrics.retention_runs.labels("error").inc()
             return False
-        self.db.mark_up()
         self.metrics.retention_runs.labels("ok").inc()
         self.metrics.retention_last_success.set(time.time())
         for table in run.dropped:
             self.metrics.partitions_dropped.labels(partition_tier(table, self.settings.policy)).inc()
         return True
+
+    def _maintenance_pass(self, what: str, work: Callable[[sa.Engine, Policy], T]) -> T | None:
+        """`work` (a rollup or retention pass) once the database is ready; None if it failed (logged)."""
+        assert self.db is not None
+        try:
+            if not self.db.ready():
+                raise DatabaseUnavailable("the database is not ready")
+            with self._maintenance:
+                result = work(self.db.engine, self.settings.policy)
+        except DatabaseUnavailable as err:
+            self.db.mark_down(err)
+            log.warning("%s pass skipped: %s", what, err)
+            return None
+        except Exception as err:
+            log.error("%s pass failed: %s", what, err, exc_info=True)
+            return None
+        self.db.mark_up()
+        return result
 
     def refresh_tiers(self) -> None:
         """tier_rows, tier_bytes and the watermarks behind rollup_lag_seconds (after each rollup pass)."""
