@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +17,9 @@ import sqlalchemy as sa
 import yaml
 from cryptography.hazmat.primitives import serialization
 from support.pki import PKI
-from support.procs import REPO, Service, free_port, python_module
+from support.procs import Service, free_port, python_module
 from support.prometheus import Prometheus, promtool
+from test_exporter_process import run_cli
 
 from archiver import db
 from archiver.migrate import apply_migrations
@@ -70,16 +69,21 @@ class SecureExporter:
     def start(self) -> SecureExporter:
         self.service.start()
         deadline = time.monotonic() + 30
-        while True:
-            if not self.service.running:
-                raise RuntimeError(f"exporter exited:\n{self.service.log()}")
+        last = "no answer"
+        while self.service.running and time.monotonic() < deadline:
             try:
-                if self.get("/-/healthy").status_code == 200:
+                status = self.get("/-/healthy").status_code
+                if status == 200:
                     return self
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    raise
+                last = f"HTTP {status}"  # e.g. 401: answered, but never healthy; do not wait for ever
+            except requests.RequestException as err:
+                last = str(err)
             time.sleep(0.1)
+        running = self.service.running
+        if running:
+            self.service.stop()  # a failed module fixture never reaches its teardown
+        raise RuntimeError(f"exporter {'not healthy after 30 s' if running else 'exited'} ({last}):\n"
+                           f"{self.service.log()}")
 
     def get(self, path: str, **kwargs: object) -> requests.Response:
         kwargs.setdefault("verify", self.verify)
@@ -265,11 +269,6 @@ def test_prometheus_scrapes_the_authenticated_tls_exporter(mtls_exporter: Secure
 def _write(path: Path, data: object) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
-                          timeout=60, cwd=REPO)
 
 
 def test_bad_web_config_exits_2_naming_the_key(tmp_path: Path, pki: PKI) -> None:
