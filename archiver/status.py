@@ -1,7 +1,9 @@
 """Where each level of the archive stands: policy, rollup watermark and lag, size, last runs.
 
 The figures come from perfwatch.tier_status() (sql/migrations/0004_read.sql), which Grafana can
-call too. Rows are the statistics' estimate (exact after ANALYZE); bytes include indexes.
+call too. Rows are PostgreSQL's live-row counts from its cumulative statistics (cheap, no
+count(*) over a year of samples, no ANALYZE needed; they trail writes by the second or so a
+backend takes to report them); bytes include indexes.
 """
 
 from __future__ import annotations
