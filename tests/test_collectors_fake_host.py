@@ -386,6 +386,28 @@ def test_option_errors_name_the_key(tmp_path: Path, key: str, raw: str, message:
     assert f"collectors.{key}" in result.stderr and message in result.stderr, result.stderr
 
 
+def test_every_collector_option_names_its_key_when_wrong(tmp_path: Path) -> None:
+    """Each option of each collector, given a mapping (wrong for every option type), is refused by name."""
+    import dataclasses
+
+    from exporter.config import ConfigError
+    from exporter.settings import load_settings
+
+    checked = set()
+    for name, cls in load_all().items():
+        for field in dataclasses.fields(cls.Options):
+            path = tmp_path / "config.yml"
+            path.write_text(f"collectors:\n  {name}:\n    {field.name}: {{wrong: 1}}\n")
+            with pytest.raises(ConfigError) as caught:
+                load_settings(path)
+            assert caught.value.key == f"collectors.{name}.{field.name}", caught.value
+            checked.add(caught.value.key)
+    assert {"collectors.diskstats.devices_exclude", "collectors.filesystem.fs_types_exclude",
+            "collectors.filesystem.mount_points_exclude", "collectors.filesystem.statvfs_timeout",
+            "collectors.netdev.interfaces_exclude", "collectors.tcp.netlink", "collectors.perf.events",
+            "collectors.perf.cpus"} <= checked
+
+
 def test_fake_host_scrape_is_promtool_clean(start_exporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {"diskstats": DISKSTATS, "net/dev": NET_DEV, "net/tcp": TCP4, "net/tcp6": TCP6,
                                      "net/sockstat": SOCKSTAT, "net/sockstat6": SOCKSTAT6,
