@@ -163,3 +163,33 @@ def test_retention_and_a_writer_in_mid_write_do_not_deadlock(pg_dsn: str, caplog
     assert not retention.is_alive()
     assert len(outcome) == 1, "retention pass failed"
     assert "lock race" not in caplog.text
+
+
+def test_a_tier_keeps_a_partition_whose_late_samples_it_has_not_passed_on(pg_dsn: str) -> None:
+    """Raw and 5m kept equally long (the policy allows it): a late sample on the last day raw
+    still holds is noted for the 5m tier, whose partition of that day expires in the same pass.
+    Dropping it then would leave the sample out of the 1h tier for good."""
+    policy = Policy(raw_retention=Duration(2 * DAY), tiers=[Tier(Duration(300), Duration(2 * DAY)),
+                                                            Tier(Duration(3600), Duration(30 * DAY))])
+    engine = db.make_engine(pg_dsn)
+    apply_migrations(engine)
+    mirror_policy(engine, policy)
+    store = Store(engine)
+    for b in batches(synthetic(START, (END - START).total_seconds() / 3600, interval_s=600), per_batch_ms=DAY * 1000):
+        store.write(b)
+    now = utc(2024, 6, 7, 0, 5)
+    run_rollups(engine, policy, now)
+    late = utc(2024, 6, 4, 13, 0, 1)  # raw still holds 06-04; both tiers rolled past it
+    name = "synthetic_temperature_celsius"
+    labels = (("instance", "host:1"), ("job", "synthetic"), ("sensor", "a"))
+    assert store.write(Batch("synthetic", "host:1", ms(late), [Sample(name, labels, 1e9, ms(late))],
+                             {name: MetricMeta(name, "gauge", "gauge")})) == 1
+    run = run_retention(engine, policy, now)
+    assert run.waiting == ["sample_20240604", "rollup_5m_20240604"]  # until the sample reached 1h
+    run_rollups(engine, policy, now)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(
+            "SELECT r.max FROM perfwatch.rollup_1h r JOIN perfwatch.series s ON s.id = r.series_id"
+            " WHERE s.labels @> '{\"sensor\": \"a\"}' AND r.bucket = '2024-06-04 13:00+00'")).scalar() == 1e9
+    assert run_retention(engine, policy, now).dropped == ["sample_20240604", "rollup_5m_20240604"]
+    engine.dispose()

@@ -23,7 +23,8 @@ from archiver.rollup import run_rollups
 from archiver.status import tier_status
 from archiver.store import Store
 
-ALL = ["0001_roles.sql", "0002_catalog.sql", "0003_archive.sql", "0004_read.sql"]
+ALL = ["0001_roles.sql", "0002_catalog.sql", "0003_archive.sql", "0004_read.sql",
+       "0005_retention_waits_for_late_samples.sql"]
 
 
 def test_migrations_apply_once_in_order_and_are_recorded(pg_dsn: str) -> None:
@@ -47,13 +48,13 @@ def test_an_edited_or_failing_migration_is_refused(pg_dsn: str, tmp_path: Path) 
     shutil.copytree(MIGRATIONS_DIR, migrations)
     engine = db.make_engine(pg_dsn)
     assert apply_migrations(engine, migrations) == ALL
-    (migrations / "0005_broken.sql").write_text("CREATE TABLE perfwatch.half_done (a int);\nSELEC 1;\n")
-    with pytest.raises(MigrationError, match=r"0005_broken.sql failed: syntax error at or near \"SELEC\""):
+    (migrations / "0006_broken.sql").write_text("CREATE TABLE perfwatch.half_done (a int);\nSELEC 1;\n")
+    with pytest.raises(MigrationError, match=r"0006_broken.sql failed: syntax error at or near \"SELEC\""):
         apply_migrations(engine, migrations)
     with engine.connect() as conn:  # its transaction rolled back: no half-applied file
         assert conn.execute(sa.select(sa.func.to_regclass("perfwatch.half_done"))).scalar() is None
-        assert conn.execute(sa.select(sa.func.max(db.schema_migration.c.version))).scalar() == 4
-    (migrations / "0005_broken.sql").unlink()
+        assert conn.execute(sa.select(sa.func.max(db.schema_migration.c.version))).scalar() == 5
+    (migrations / "0006_broken.sql").unlink()
     path = migrations / "0002_catalog.sql"
     path.write_text(path.read_text() + "\n-- an afterthought\n")
     with pytest.raises(MigrationError, match=r"0002_catalog\.sql was changed after it was applied"):
