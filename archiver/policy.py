@@ -55,8 +55,10 @@ class Policy:
         """Raise ConfigError naming the offending key (e.g. `policy.tiers[1].resolution`)."""
         if self.raw_retention < 3600:
             raise ConfigError(join_key(key, "raw_retention"), "must be at least 1h")
-        if self.rollup_delay < 0 or self.rollup_delay > 86400:
-            raise ConfigError(join_key(key, "rollup_delay"), "must be between 0s and 1d")
+        # Positive, like every duration in the config files (exporter.config rejects 0s): 1ms
+        # already rolls a bucket up as soon as it has closed.
+        if not 0 < self.rollup_delay <= 86400:
+            raise ConfigError(join_key(key, "rollup_delay"), "must be between 1ms and 1d")
         below_resolution, below_retention, below_key = 0.0, float(self.raw_retention), join_key(key, "raw_retention")
         for i, tier in enumerate(self.tiers):
             tier_key = join_key(join_key(key, "tiers"), i)

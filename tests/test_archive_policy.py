@@ -55,6 +55,7 @@ policy:
     ({"raw_retention": "10m"}, "policy.raw_retention", "at least 1h"),
     ({"raw_retention": "seven days"}, "policy.raw_retention", "is not a duration"),
     ({"rollup_delay": "2d"}, "policy.rollup_delay", "between"),
+    ({"rollup_delay": "0s"}, "policy.rollup_delay", "positive"),  # 1ms is the shortest, as for every duration
     ({"tiers": [{"resolution": "5m", "retention": "90d", "aggregate": "avg"}]}, "policy.tiers[0].aggregate",
      "unknown key"),
     ({"tiers": [{"resolutoin": "5m", "retention": "90d"}]}, "policy.tiers[0].resolutoin", "did you mean 'resolution'"),

@@ -253,7 +253,7 @@ def test_writes_racing_rollups_lose_nothing(pg_dsn: str) -> None:
     both stored and missed by the tiers (the raw-write lock and the late-sample ranges)."""
     engine = db.make_engine(pg_dsn)
     apply_migrations(engine)
-    policy = Policy(rollup_delay=Duration(0))
+    policy = Policy(rollup_delay=Duration(0.001))  # as soon as a bucket has closed
     start = ms(dt.datetime(2024, 7, 1, tzinfo=dt.UTC))
     steps = 360  # an hour of 10 s scrapes
     clock = [start]  # the leading writer's time: the rollup's "now"
