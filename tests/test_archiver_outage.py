@@ -1,4 +1,5 @@
-"""No data lost: PostgreSQL stopped and started under a running archiver; the archiver SIGKILLed.
+"""No data lost: PostgreSQL stopped and started under a running archiver; the archiver SIGKILLed
+(with its embedded server too: reused by the next start, stopped by SIGTERM).
 
 Each test has a PostgreSQL of its own (the embedded server, started in about a second) so that
 it can stop it. The synthetic exporter records every scrape it answered; the archive must hold
@@ -105,3 +106,30 @@ def test_sigkill_mid_run_and_during_an_outage_loses_nothing(tmp_path: Path, own_
     missing = {n for _, n in served} - set(numbers)
     assert missing <= in_flight, (missing, in_flight)
     assert len(missing) <= len(kills)
+
+
+def test_embedded_server_outlives_a_sigkill_and_is_reused_then_stopped_on_sigterm(tmp_path: Path) -> None:
+    """No DSN: the archiver's own PostgreSQL. A SIGKILLed archiver leaves it running; the next
+    archiver on that data dir uses it (same port, data kept) and SIGTERM stops it."""
+    embedded = EmbeddedPostgres(tmp_path / "data" / "postgres")
+    with SyntheticExporter() as synth:
+        settings = {"scrape_interval": "400ms", "targets": [{"url": synth.url, "job": "synthetic"}]}
+        first = ArchiverProcess(tmp_path, settings, name="first").start()
+        first.wait_for(lambda: written(first) > 0, "first writes")
+        port = embedded.port
+        assert "embedded PostgreSQL listening" in first.service.log()  # it started the server
+        first.stop(signal.SIGKILL)
+        assert embedded.running()  # nobody stopped it
+        before = scrape_numbers(embedded.dsn())
+
+        second = ArchiverProcess(tmp_path, settings, name="second").start()
+        second.wait_for(lambda: written(second) > 0, "writes after the restart")
+        assert embedded.port == port and "embedded PostgreSQL listening" not in second.service.log()
+        assert second.stop() == 0
+    assert not embedded.running()
+    embedded.start()
+    try:
+        after = scrape_numbers(embedded.dsn())
+    finally:
+        embedded.stop()
+    assert before and set(before) < set(after) and len(after) == len(set(after))
