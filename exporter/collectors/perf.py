@@ -153,9 +153,11 @@ class PerfCollector(Collector):
             for event in self.events:
                 key = (event.name, cpu)
                 slot = self.slots.get(key)
+                if slot is not None and slot.fd is not None:
+                    continue
                 # Open what is not open: new CPUs and counters whose fd was lost (see _read).
                 err = self.failed.get(key)
-                if (slot is None or slot.fd is None) and (err is None or pe.classify(err) == "error"):
+                if err is None or pe.classify(err) == "error":
                     self._open(event, cpu)
         if log_changes and (gone or new):
             changes = [f"CPUs {pe.format_cpu_list(cpus)} {what}" for cpus, what in (
