@@ -6,7 +6,8 @@ Run as root (system-wide counting). Every peer counts the same events on every o
 CPU (`perf stat -a -A`), and takes one sample per interval:
 
 - perfwatch, in process: one `collect()` of the perf collector plus rendering its families in
-  the text format, i.e. its share of a scrape (counters opened once, before timing);
+  the text format with the exporter's own renderer (`exporter.scrape.render`, what `/metrics`
+  runs), i.e. its share of a scrape (counters opened once, before timing);
 - perfwatch, the exporter process with only the perf collector, scraped over HTTP: latency per
   scrape and the exporter's CPU time per scrape (from /proc/<pid>/stat);
 - `perf stat -a -A -x, -e <events> -- sleep <interval>`, one run per sample: what an
@@ -37,13 +38,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from prometheus_client.exposition import generate_latest  # noqa: E402
 from prometheus_client.registry import CollectorRegistry  # noqa: E402
 
 from exporter import perf_events as pe  # noqa: E402
 from exporter.collectors.base import HostPaths  # noqa: E402
 from exporter.collectors.perf import PerfCollector, PerfOptions  # noqa: E402
 from exporter.config import from_mapping  # noqa: E402
+from exporter.scrape import render  # noqa: E402
 
 
 def children_cpu() -> float:
@@ -73,11 +74,11 @@ def in_process(scrapes: int) -> tuple[list[float], list[float], int, float]:
     opened = time.perf_counter() - start
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)  # type: ignore[arg-type]
-    generate_latest(registry)  # warm up imports and caches
+    render(registry)  # warm up imports and caches
     walls, cpus = [], []
     for _ in range(scrapes):
         w0, c0 = time.perf_counter(), time.process_time()
-        generate_latest(registry)
+        render(registry)
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
     held = sum(1 for slot in collector.slots.values() if slot.fd is not None)
