@@ -428,9 +428,11 @@ def test_malformed_files_fail_their_collector_only_and_are_named_in_the_log(star
         "pressure/cpu": "some avg10=0.00 total=\n",
         "sys/fs/file-nr": "1 2\n",
         "net/sockstat": "TCP: inuse\n",
+        "stat": "cpu0 not numbers at all\n",
+        "meminfo": "MemTotal: lots kB\n",
         "diskstats": DISKSTATS,  # fine
     })
-    broken = ("loadavg", "vmstat", "netdev", "pressure", "filefd", "tcp")
+    broken = ("loadavg", "vmstat", "netdev", "pressure", "filefd", "tcp", "cpu", "memory")
     exporter = start_exporter(only(*broken, "diskstats", procfs=str(proc), options=FILES))
     text = exporter.scrape()
     for name in broken:
@@ -438,5 +440,5 @@ def test_malformed_files_fail_their_collector_only_and_are_named_in_the_log(star
     assert value(text, "perfwatch_scrape_collector_success", collector="diskstats") == 1
     assert value(text, "perfwatch_disk_reads_completed_total", device="sda") == 100
     log = exporter.service.log()
-    for file in ("loadavg", "vmstat", "net/dev", "pressure/cpu", "sys/fs/file-nr", "net/sockstat"):
+    for file in ("loadavg", "vmstat", "net/dev", "pressure/cpu", "sys/fs/file-nr", "net/sockstat", "stat", "meminfo"):
         assert f"cannot parse {proc / file}" in log, (file, log)

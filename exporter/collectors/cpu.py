@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, HostPaths, counter, read_text, register
+from exporter.collectors.base import Collector, HostPaths, counter, parsing, read_text, register
 
 # Column order of the `cpuN` lines in /proc/stat (proc(5)). guest and guest_nice are already
 # counted inside user and nice, so they get a metric of their own instead of a mode.
@@ -31,15 +31,17 @@ class CPUCollector(Collector):
                         "Seconds the CPU spent running guests (also counted in user and nice).",
                         labels=["cpu", "mode"])
         hz = self.ticks_per_second
-        for line in read_text(self.paths.proc("stat")).splitlines():
-            if not line.startswith("cpu") or line.startswith("cpu "):
-                continue
-            fields = line.split()
-            cpu = fields[0][3:]
-            values = fields[1:]
-            for mode, value in zip(MODES, values, strict=False):
-                seconds.add_metric([cpu, mode], int(value) / hz)
-            for mode, value in zip(GUEST_MODES, values[8:10], strict=False):
-                guest.add_metric([cpu, mode], int(value) / hz)
+        path = self.paths.proc("stat")
+        with parsing(path):
+            for line in read_text(path).splitlines():
+                if not line.startswith("cpu") or line.startswith("cpu "):
+                    continue
+                fields = line.split()
+                cpu = fields[0][3:]
+                values = fields[1:]
+                for mode, value in zip(MODES, values, strict=False):
+                    seconds.add_metric([cpu, mode], int(value) / hz)
+                for mode, value in zip(GUEST_MODES, values[8:10], strict=False):
+                    guest.add_metric([cpu, mode], int(value) / hz)
         yield seconds
         yield guest

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, counter, gauge, read_text, register
+from exporter.collectors.base import Collector, counter, gauge, parsing, read_text, register
 
 # /proc/meminfo field → (metric suffix, help). Values there are kB unless noted.
 MEMINFO_BYTES = {
@@ -57,7 +57,9 @@ class MemoryCollector(Collector):
     description = "Memory (total, available, used, cached, buffers, shared, ...), huge pages and swap."
 
     def collect(self) -> Iterator[Metric]:
-        mem = parse_meminfo(read_text(self.paths.proc("meminfo")))
+        path = self.paths.proc("meminfo")
+        with parsing(path):
+            mem = parse_meminfo(read_text(path))
         for key, (suffix, doc) in MEMINFO_BYTES.items():
             if key in mem:
                 yield gauge(f"memory_{suffix}_bytes", doc, mem[key])
@@ -74,7 +76,9 @@ class MemoryCollector(Collector):
             yield gauge("swap_total_bytes", "Total swap space.", mem["SwapTotal"])
             yield gauge("swap_free_bytes", "Unused swap space.", mem["SwapFree"])
             yield gauge("swap_used_bytes", "Used swap space.", mem["SwapTotal"] - mem["SwapFree"])
-        vmstat = dict(line.split() for line in read_text(self.paths.proc("vmstat")).splitlines())
+        path = self.paths.proc("vmstat")
+        with parsing(path):
+            vmstat = dict(line.split() for line in read_text(path).splitlines())
         page_size = os.sysconf("SC_PAGE_SIZE")  # pswpin/pswpout count base pages
         for key, direction in (("pswpin", "in"), ("pswpout", "out")):
             if key in vmstat:
