@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from exporter import __version__
-from exporter.collectors.base import Collector
+from exporter.collectors import REGISTRY, Collector
 from exporter.config import ConfigError, parse_listen
 from exporter.logs import LEVELS, setup_logging
 from exporter.scrape import CollectorSet, build_registry, render
@@ -55,8 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     if args.list_collectors:
-        from exporter.collectors import REGISTRY
-
         for name, entry in collector_settings.items():
             state = "enabled " if entry.enabled else "disabled"
             print(f"{name:<12} {state}  {REGISTRY[name].description}")
@@ -65,8 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level or settings.log_level)
     paths = settings.paths
     paths.apply_to_psutil()
-
-    from exporter.collectors import REGISTRY
 
     collectors: list[Collector] = [
         REGISTRY[name](entry.options, paths) for name, entry in collector_settings.items() if entry.enabled
