@@ -142,3 +142,11 @@ def test_port_in_use_is_a_clear_error(start_exporter) -> None:
     result = run_cli("--listen", f"127.0.0.1:{exporter.port}")
     assert result.returncode == 1
     assert "cannot listen on" in result.stderr
+
+
+def test_list_collectors_shows_each_with_its_state(tmp_path: Path) -> None:
+    result = run_cli("--list-collectors", "--config", write(tmp_path, "collectors:\n  memory:\n    enabled: false\n"))
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
+    assert set(rows) == set(_all_collectors())
+    assert rows["memory"] == "disabled" and rows["cpu"] == rows["perf"] == "enabled"
