@@ -28,12 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
         "in README.md (Configuration).",
     )
     parser.add_argument("--listen", metavar="HOST:PORT",
-                        help=f"address to serve on (default :{DEFAULT_PORT}, every interface)")
+                        help=f"address to serve on (default: the config's listen, else :{DEFAULT_PORT}, "
+                        "every interface)")
     parser.add_argument("--config", metavar="FILE", help="YAML config file (collectors and their options)")
     parser.add_argument("--web-config", "--web.config.file", metavar="FILE", dest="web_config",
                         help="TLS and basic-auth config in exporter-toolkit's web-config.yml format "
                         "(the file node_exporter reads; see README, Authentication and TLS)")
-    parser.add_argument("--log-level", choices=LEVELS, help="log verbosity (default info)")
+    parser.add_argument("--log-level", choices=LEVELS,
+                        help="log verbosity (default: the config's log_level, else info)")
     parser.add_argument("--list-collectors", action="store_true",
                         help="print every collector, whether it is enabled, and exit")
     parser.add_argument("--version", action="version", version=f"perfwatch-exporter {__version__}")
