@@ -26,7 +26,6 @@ import argparse
 import base64
 import http.client
 import os
-import socket
 import ssl
 import statistics
 import subprocess
@@ -44,16 +43,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import bcrypt  # noqa: E402
 from support.pki import PKI  # noqa: E402
+from support.procs import free_port  # noqa: E402
 
 from exporter.webconfig import BasicAuth  # noqa: E402
 
 USER, PASSWORD = "prometheus", "bench-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Exporter:

@@ -27,7 +27,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,9 +35,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from bench_exporter import cpu_seconds  # noqa: E402
 from prometheus_client.registry import CollectorRegistry  # noqa: E402
+from support.procs import free_port  # noqa: E402
 
 from exporter import perf_events as pe  # noqa: E402
 from exporter.collectors.base import HostPaths  # noqa: E402
@@ -50,11 +51,6 @@ from exporter.scrape import render  # noqa: E402
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ensure_perf() -> str:
@@ -86,12 +82,6 @@ def in_process(scrapes: int) -> tuple[list[float], list[float], int, float]:
     return walls, cpus, held, opened
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def over_http(scrapes: int, workdir: Path) -> tuple[list[float], float]:
     """Latencies and exporter CPU seconds per scrape of an exporter running only the perf collector."""
     import requests
@@ -117,13 +107,13 @@ def over_http(scrapes: int, workdir: Path) -> tuple[list[float], float]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"exporter did not start: {(workdir / 'exporter.log').read_text()}") from None
                 time.sleep(0.1)
-        cpu0 = proc_cpu(proc.pid)
+        cpu0 = cpu_seconds(proc.pid)
         walls = []
         for _ in range(scrapes):
             w0 = time.perf_counter()
             session.get(url, timeout=10).raise_for_status()
             walls.append(time.perf_counter() - w0)
-        cpu = (proc_cpu(proc.pid) - cpu0) / scrapes
+        cpu = (cpu_seconds(proc.pid) - cpu0) / scrapes
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
