@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--listen", metavar="HOST:PORT",
                         help=f"address to serve on (default: the config's listen, else :{DEFAULT_PORT}, "
-                        "every interface)")
+                        "every IPv4 interface; [::]:PORT for IPv6 too)")
     parser.add_argument("--config", metavar="FILE", help="YAML config file (collectors and their options)")
     parser.add_argument("--web-config", "--web.config.file", metavar="FILE", dest="web_config",
                         help="TLS and basic-auth config in exporter-toolkit's web-config.yml format "

@@ -23,7 +23,7 @@ class CollectorSettings:
 @dataclasses.dataclass
 class ExporterSettings:
     listen: str = dataclasses.field(default=f":{DEFAULT_PORT}", metadata={
-        "help": "HOST:PORT to serve on; `:PORT` means every interface."})
+        "help": "HOST:PORT to serve on; `:PORT` means every IPv4 interface, `[::]:PORT` IPv6 and IPv4."})
     log_level: LogLevel = dataclasses.field(default="info", metadata={
         "help": "debug, info, warning or error."})
     procfs: str = dataclasses.field(default="/proc", metadata={
