@@ -27,8 +27,6 @@ GRAFANA_ROLE = "perfwatch_grafana"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-LOCK_CLASS = 1885696614  # 'perf': the advisory-lock class of every perfwatch lock (see sql/migrations/0003)
-
 
 class DatabaseUnavailable(Exception):  # noqa: N818 - the name other modules know it by
     """PostgreSQL cannot be reached (down, restarting, network, out of connections): retry later."""

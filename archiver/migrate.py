@@ -1,9 +1,13 @@
 """Numbered schema migrations: `sql/migrations/NNNN_name.sql`, applied in order, each once.
 
 Each file runs in a transaction of its own and is recorded in perfwatch.schema_migration with
-its checksum; a session-level advisory lock keeps two archivers starting at once from applying
-the same file twice. Files run as perfwatch_writer (so the writer owns what they create), except
-those whose first line is `-- perfwatch: run-as session` (0001: roles and grants).
+its checksum. That transaction first locks perfwatch.schema_migration and looks again whether the
+file is applied, so two archivers starting at once never apply the same file twice. A table lock,
+not an advisory lock: any role that can connect (the read-only Grafana role too) can hold any
+advisory lock and so could keep every archiver from starting, while locking schema_migration in a
+mode that conflicts with ours takes privileges only its owner (the writer) and superusers have.
+Files run as perfwatch_writer (so the writer owns what they create), except those whose first
+line is `-- perfwatch: run-as session` (0001: roles and grants).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -68,38 +73,52 @@ def apply_migrations(engine: sa.Engine, directory: Path = MIGRATIONS_DIR) -> lis
     applied: list[str] = []
     with db.unavailable_as("applying migrations"), engine.connect() as conn:
         try:
-            conn.execute(sa.select(sa.func.pg_advisory_lock(db.LOCK_CLASS, 1)))
-            conn.commit()
             with conn.begin():
                 db.run_script(conn, db.sql_text("migrate_bootstrap"))
             done = {row.version: row for row in conn.execute(sa.select(db.schema_migration))}
             conn.commit()
             for migration in migrations:
                 if migration.version in done:
-                    if done[migration.version].checksum != migration.checksum:
-                        raise MigrationError(f"migration {migration.name} was changed after it was applied "
-                                             f"(on {done[migration.version].applied_at:%Y-%m-%d}); add a new "
-                                             "numbered file instead of editing an applied one")
+                    _check_unchanged(migration, done[migration.version])
                     continue
-                _apply(conn, migration)
-                applied.append(migration.name)
-                log.info("applied migration %s", migration.name)
+                if _apply(conn, migration):
+                    applied.append(migration.name)
+                    log.info("applied migration %s", migration.name)
         finally:
-            # The session holds the lock and may hold a role: never hand it back to the pool.
+            # A migration may have changed the session (a SET without LOCAL): never hand it back to the pool.
             conn.invalidate()
     # Connections pooled before the roles existed would keep creating things as the login user.
     engine.dispose()
     return applied
 
 
-def _apply(conn: sa.Connection, migration: Migration) -> None:
+def _check_unchanged(migration: Migration, done: sa.Row[Any]) -> None:
+    if done.checksum != migration.checksum:
+        raise MigrationError(f"migration {migration.name} was changed after it was applied "
+                             f"(on {done.applied_at:%Y-%m-%d}); add a new numbered file instead of editing an "
+                             "applied one")
+
+
+def _apply(conn: sa.Connection, migration: Migration) -> bool:
+    """Apply `migration` in a transaction of its own; False if another archiver applied it first."""
     try:
         with conn.begin():
             if not migration.run_as_session:
                 _become_writer(conn, migration)
+            # EXCLUSIVE: one migrating transaction at a time; plain reads of the table go on.
+            db.run_script(conn, "LOCK TABLE perfwatch.schema_migration IN EXCLUSIVE MODE")
+            # Read after the lock is granted (a new snapshot): a file applied meanwhile shows here.
+            done = conn.execute(sa.select(db.schema_migration)
+                                .where(db.schema_migration.c.version == migration.version)).first()
+            if done is not None:
+                _check_unchanged(migration, done)
+                return False
             db.run_script(conn, migration.text)
             conn.execute(sa.insert(db.schema_migration).values(
                 version=migration.version, name=migration.name, checksum=migration.checksum))
+        return True
+    except MigrationError:
+        raise
     except sa.exc.SQLAlchemyError as err:
         if db.is_unavailable(err):
             raise

@@ -1,7 +1,7 @@
 """Operator commands: `migrate`, `rollup`, `retention`, `status` — one pass, print, exit.
 
-They work beside a running archiver (the SQL side serialises rollup and retention with advisory
-locks). Without a DSN they use the embedded server under the data dir, starting it for the
+They work beside a running archiver (the SQL side serialises rollup and retention with table
+locks, migration 0006). Without a DSN they use the embedded server under the data dir, starting it for the
 command and stopping it after, unless it was running already.
 """
 

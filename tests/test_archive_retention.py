@@ -150,7 +150,9 @@ def test_retention_and_a_writer_in_mid_write_do_not_deadlock(pg_dsn: str, caplog
     with caplog.at_level("INFO", logger="archiver"):
         retention.start()
         deadline = time.monotonic() + 30
-        while not writer.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        while not writer.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                                 "WHERE d.datname = current_database() AND l.locktype = 'relation' AND NOT l.granted "
+                                 "AND l.relation = 'perfwatch.lock_raw_write'::regclass AND l.mode = 'ExclusiveLock'"
                                  ).fetchone()[0]:  # type: ignore[index]
             assert time.monotonic() < deadline and retention.is_alive(), "retention never waited for the writer"
             time.sleep(0.05)

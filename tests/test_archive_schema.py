@@ -24,7 +24,7 @@ from archiver.status import tier_status
 from archiver.store import Store
 
 ALL = ["0001_roles.sql", "0002_catalog.sql", "0003_archive.sql", "0004_read.sql",
-       "0005_retention_waits_for_late_samples.sql"]
+       "0005_retention_waits_for_late_samples.sql", "0006_lock_tables.sql"]
 
 
 def test_migrations_apply_once_in_order_and_are_recorded(pg_dsn: str) -> None:
@@ -48,13 +48,13 @@ def test_an_edited_or_failing_migration_is_refused(pg_dsn: str, tmp_path: Path) 
     shutil.copytree(MIGRATIONS_DIR, migrations)
     engine = db.make_engine(pg_dsn)
     assert apply_migrations(engine, migrations) == ALL
-    (migrations / "0006_broken.sql").write_text("CREATE TABLE perfwatch.half_done (a int);\nSELEC 1;\n")
-    with pytest.raises(MigrationError, match=r"0006_broken.sql failed: syntax error at or near \"SELEC\""):
+    (migrations / "0007_broken.sql").write_text("CREATE TABLE perfwatch.half_done (a int);\nSELEC 1;\n")
+    with pytest.raises(MigrationError, match=r"0007_broken.sql failed: syntax error at or near \"SELEC\""):
         apply_migrations(engine, migrations)
     with engine.connect() as conn:  # its transaction rolled back: no half-applied file
         assert conn.execute(sa.select(sa.func.to_regclass("perfwatch.half_done"))).scalar() is None
-        assert conn.execute(sa.select(sa.func.max(db.schema_migration.c.version))).scalar() == 5
-    (migrations / "0006_broken.sql").unlink()
+        assert conn.execute(sa.select(sa.func.max(db.schema_migration.c.version))).scalar() == 6
+    (migrations / "0007_broken.sql").unlink()
     path = migrations / "0002_catalog.sql"
     path.write_text(path.read_text() + "\n-- an afterthought\n")
     with pytest.raises(MigrationError, match=r"0002_catalog\.sql was changed after it was applied"):
@@ -66,6 +66,8 @@ def test_an_edited_or_failing_migration_is_refused(pg_dsn: str, tmp_path: Path) 
 
 
 def test_archivers_starting_together_apply_each_migration_once(pg_dsn: str) -> None:
+    """On a new database: they race to create the schema, then each file is applied by one of them
+    (the lock is taken per file, so which one may change from file to file), in order."""
     engines = [db.make_engine(pg_dsn) for _ in range(3)]
     results: list[list[str] | BaseException] = []
 
@@ -80,7 +82,14 @@ def test_archivers_starting_together_apply_each_migration_once(pg_dsn: str) -> N
         t.start()
     for t in threads:
         t.join(60)
-    assert sorted(results, key=len) == [[], [], ALL]  # type: ignore[arg-type]
+    assert len(results) == 3 and all(isinstance(r, list) for r in results), results
+    assert sorted(name for r in results for name in r) == ALL  # type: ignore[union-attr]
+    assert all(r == sorted(r) for r in results)  # type: ignore[type-var]
+    with engines[0].connect() as conn:
+        rows = conn.execute(sa.select(db.schema_migration.c.name, db.schema_migration.c.applied_at)
+                            .order_by(db.schema_migration.c.version)).all()
+    assert [name for name, _ in rows] == ALL
+    assert [at for _, at in rows] == sorted(at for _, at in rows)  # each after the one before, whoever applied it
     for e in engines:
         e.dispose()
 

@@ -178,7 +178,7 @@ def test_connection_lost_mid_write_leaves_the_cache_consistent(engine: sa.Engine
     store = Store(engine)
     assert store.write(batch(T0, [("a", (("k", "old"),), 1.0)])) == 1
     blocker = psycopg.connect(pg_dsn, autocommit=False)
-    blocker.execute("SELECT pg_advisory_xact_lock(%s, 4)", (db.LOCK_CLASS,))  # partition creation waits
+    blocker.execute("LOCK TABLE perfwatch.lock_partition IN EXCLUSIVE MODE")  # partition creation waits
     errors: list[BaseException] = []
     next_day = T0 + 86400_000  # needs a new partition: the write blocks after creating the series
     cut = batch(next_day, [("a", (("k", "new"),), 2.0), ("fresh", (), 3.0)])
