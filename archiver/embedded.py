@@ -8,6 +8,7 @@ PostgreSQL refuses to run as root, so under root it runs as a system user of its
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -90,6 +91,7 @@ class EmbeddedPostgres:
     def running(self) -> bool:
         if not (self.pgdata / "postmaster.pid").exists():
             return False
+        self._reap_dead_postmaster()
         result = self._pg_ctl("status", check=False)
         return result.returncode == 0
 
@@ -152,6 +154,24 @@ class EmbeddedPostgres:
         options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories=''"
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.logfile), "-o", options)
         log.info("embedded PostgreSQL listening on 127.0.0.1:%d (data in %s)", port, self.pgdata)
+
+    def _reap_dead_postmaster(self) -> None:
+        """Collect a dead postmaster that is our zombie child.
+
+        pg_ctl leaves the server to whoever adopts orphans: PID 1, which is the archiver itself in a
+        container without an init (or any subreaper). A killed server then stays a zombie until its
+        adopter collects it, and a zombie still counts as running, for pg_ctl status and for the
+        lock-file check of a new server, which would refuse to start for ever. Any other adopter's
+        zombie is left to it (init collects its own)."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]  # after "pid (comm)", which may hold spaces
+        except (OSError, ValueError, IndexError):
+            return
+        if state == "Z":
+            with contextlib.suppress(ChildProcessError):  # not ours
+                os.waitpid(pid, os.WNOHANG)
 
     def _ensure_database(self) -> None:
         import psycopg

@@ -4,7 +4,8 @@ retention jobs, in one process.
 Every scraped batch goes to the spool first (fsynced), and one writer thread moves batches from
 the spool to the store in order. A database outage therefore only makes the spool grow; the
 writer retries every `database.retry_interval` and catches up oldest-first. Scrapes never wait
-for the database.
+for the database. When the database is the embedded one and its server is found dead (killed,
+OOM-killed, stopped by hand), the archiver starts it again.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from archiver.store import Store
 log = logging.getLogger("archiver")
 
 SHUTDOWN_GRACE = 5.0  # seconds SIGTERM waits for the writer to empty the spool into the database
+REVIVE_BACKOFF_MAX = 60.0  # seconds between tries to start a dead embedded server that keeps failing to start
 REJECT_AFTER = 3  # a batch the database refuses this many times (while up) is set aside
 T = TypeVar("T")
 
@@ -114,6 +116,19 @@ class Database:
             log.info("database reachable again")
         self._down_reason = None
 
+    def use_dsn(self, dsn: str) -> None:
+        """Connect to `dsn` from now on: the embedded server came back on another port (its old one
+        was taken meanwhile). Same server, same data: the store keeps its caches and counters."""
+        with self._lock:
+            if dsn == self.dsn:
+                return
+            old, self.dsn = self.engine, dsn
+            self.engine = make_engine(dsn)
+            if self.store is not None:
+                self.store.engine = self.engine
+        old.dispose()
+        log.info("the database moved to a new address; connecting there from now on")
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -135,6 +150,10 @@ class Archiver:
         # they can deadlock each other in PostgreSQL.
         self._maintenance = threading.Lock()
         self.embedded: EmbeddedPostgres | None = None
+        # Starting a dead embedded server again: one thread at a time, and not more often than this.
+        self._reviving = threading.Lock()
+        self._revive_wait = float(settings.database.retry_interval)
+        self._next_revive = 0.0  # time.monotonic() of the next allowed try
         self.db: Database | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.writer: threading.Thread | None = None
@@ -268,6 +287,7 @@ class Archiver:
         except DatabaseUnavailable as err:
             self.db.mark_down(err)
             log.warning("%s pass skipped: %s", what, err)
+            self.revive_embedded()
             return None
         except Exception as err:
             log.error("%s pass failed: %s", what, err, exc_info=True)
@@ -288,6 +308,43 @@ class Archiver:
             self.metrics.tier_bytes.labels(state.tier).set(state.bytes)
             if state.tier != RAW:
                 self.metrics.set_watermark(state.tier, state.watermark.timestamp() if state.watermark else None)
+
+    def revive_embedded(self) -> bool:
+        """The database is unreachable: if it is our embedded server and that no longer runs
+        (killed, OOM-killed, stopped by hand or by an operator command that had started it), start
+        it again, or nobody would and the spool would grow until the archiver restarts. Batches
+        wait in the spool meanwhile. At most once per retry interval (longer while starting keeps
+        failing), by one thread at a time. True if it started the server."""
+        if self.embedded is None or self._draining.is_set() or not self._reviving.acquire(blocking=False):
+            return False
+        try:
+            if time.monotonic() < self._next_revive:
+                return False
+            assert self.db is not None
+            started = False
+            retry = float(self.settings.database.retry_interval)
+            try:
+                if not self.embedded.running():
+                    log.warning("the embedded PostgreSQL in %s is not running (killed, crashed or stopped); "
+                                "starting it again", self.embedded.data_dir)
+                    self.embedded.start()
+                    started = True
+                # Its address, even when it runs: whoever started it may have moved it to a new port.
+                self.db.use_dsn(self.embedded.dsn())
+            except Exception as err:
+                # Orphaned backends of a killed server still holding its shared memory, a full disk:
+                # try again later, less often while it keeps failing.
+                self._revive_wait = min(self._revive_wait * 2, max(retry, REVIVE_BACKOFF_MAX))
+                reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+                log.error("cannot start the embedded PostgreSQL again (%s); batches wait in the spool, next try in "
+                          "%gs", reason, self._revive_wait)
+                log.debug("starting the embedded PostgreSQL failed", exc_info=True)
+            else:
+                self._revive_wait = retry
+            self._next_revive = time.monotonic() + self._revive_wait
+            return started
+        finally:
+            self._reviving.release()
 
     # -- the writer ------------------------------------------------------------------------------
 
@@ -314,6 +371,7 @@ class Archiver:
         if not self.db.ready():
             if self._draining.is_set():
                 return False
+            self.revive_embedded()
             self._halt.wait(retry)
             return True
         batch = entry.batch
@@ -325,6 +383,7 @@ class Archiver:
             self.db.mark_down(err)
             if self._draining.is_set():
                 return False
+            self.revive_embedded()
             self._halt.wait(retry)
             return True
         except Exception as err:

@@ -1,5 +1,6 @@
 """No data lost: PostgreSQL stopped and started under a running archiver; the archiver SIGKILLed
-(with its embedded server too: reused by the next start, stopped by SIGTERM).
+(with its embedded server too: reused by the next start, stopped by SIGTERM); the embedded server
+dying under a running archiver (started again by it).
 
 Each test has a PostgreSQL of its own (the embedded server, started in about a second) so that
 it can stop it. The synthetic exporter records every scrape it answered; the archive must hold
@@ -8,9 +9,12 @@ each of them exactly once.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -133,3 +137,104 @@ def test_embedded_server_outlives_a_sigkill_and_is_reused_then_stopped_on_sigter
     finally:
         embedded.stop()
     assert before and set(before) < set(after) and len(after) == len(set(after))
+
+
+# Runs the rest of argv as a child subreaper (prctl PR_SET_CHILD_SUBREAPER = 36, kept across
+# exec): orphans below it are adopted by it, as they are by a process that is PID 1 in a container.
+SUBREAPER = "import ctypes, os, sys; ctypes.CDLL(None).prctl(36, 1, 0, 0, 0); os.execv(sys.argv[1], sys.argv[1:])"
+
+
+def postmaster_pid(embedded: EmbeddedPostgres) -> int:
+    return int((embedded.pgdata / "postmaster.pid").read_text().split()[0])
+
+
+def parent_pid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1])
+
+
+def test_a_dead_embedded_server_is_started_again_and_nothing_is_lost(tmp_path: Path) -> None:
+    """No DSN: the archiver's own PostgreSQL dies under it (SIGKILL, as the OOM killer does; then
+    stopped by hand while its config is broken, so starting fails for a while). The archiver
+    starts it again each time, trying less often while starting fails, spools meanwhile, and
+    every scrape lands in the archive exactly once.
+
+    The archiver runs as PID 1 of a container without an init would: the server, which pg_ctl
+    leaves an orphan, is its child, and a dead one stays a zombie (still "running" to pg_ctl and
+    to a new server's lock-file check) until the archiver collects it."""
+    embedded = EmbeddedPostgres(tmp_path / "data" / "postgres")
+    with SyntheticExporter() as synth:
+        settings = {"scrape_interval": "400ms", "targets": [{"url": synth.url, "job": "synthetic"}],
+                    "database": {"retry_interval": "300ms"}}
+        archiver = ArchiverProcess(tmp_path, settings)
+        archiver.service.argv = [sys.executable, "-c", SUBREAPER, *archiver.service.argv]
+        archiver.start()
+        archiver.wait_for(lambda: written(archiver) > 0, "first writes")
+        assert archiver.service.proc is not None and parent_pid(postmaster_pid(embedded)) == archiver.service.proc.pid
+        port = embedded.port
+
+        def tries() -> int:
+            return archiver.service.log().count("starting it again")
+
+        def failures() -> int:
+            return archiver.service.log().count("cannot start the embedded PostgreSQL again")
+
+        def starts() -> int:
+            return archiver.service.log().count("embedded PostgreSQL listening on")
+
+        def caught_up(after: int) -> Callable[[], bool]:
+            """Started again (more than `after` starts so far), reachable, the spool written."""
+            return lambda: (starts() > after and archiver.metric("perfwatch_archiver_database_up") == 1
+                            and archiver.metric("perfwatch_archiver_spool_batches") == 0)
+
+        started = starts()
+        os.kill(postmaster_pid(embedded), signal.SIGKILL)
+        archiver.wait_for(caught_up(started), "the killed server started again and the spool written", timeout=60)
+        assert tries() == failures() + 1  # one start, after any that failed (a killed server's backends still exiting)
+        written_before = written(archiver)
+        archiver.wait_for(lambda: written(archiver) > written_before, "writes after the restart")
+
+        conf = embedded.pgdata / "postgresql.conf"
+        original = conf.read_bytes()
+        conf.write_bytes(original + b"\nnot a setting\n")  # the server refuses to start
+        before = tries()
+        embedded.stop()  # by hand
+        archiver.wait_for(lambda: failures() > 0, "a failed start")
+        during = len(synth.served)
+        archiver.wait_for(lambda: len(synth.served) >= during + 8, "eight scrapes while it cannot start")
+        assert archiver.metric("perfwatch_archiver_database_up") == 0
+        assert archiver.metric("perfwatch_archiver_spool_batches") >= 6  # scraping went on
+        # A try every retry interval (300 ms) would be 10 in these 3.2 s or more; waiting twice as
+        # long after each failure, 3 or 4.
+        assert 1 <= tries() - before <= 5, archiver.service.log()[-3000:]
+        started = starts()  # before the fix: a try already under way may be the one that succeeds
+        conf.write_bytes(original)
+        archiver.wait_for(caught_up(started), "started again once it can start", timeout=60)
+        assert embedded.port == port  # clients (operator commands, pg_dump) find it where they did
+
+        # Stopped again, and its port taken meanwhile: it comes back on another, and the archiver
+        # follows it there.
+        conf.write_bytes(original + b"\nnot a setting\n")
+        before = failures()
+        embedded.stop()
+        with socket.socket() as squatter:  # listening, as a server that took the port would
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the old connections' TIME_WAIT
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            archiver.wait_for(lambda: failures() > before, "a failed start while the port is taken")
+            started = starts()
+            conf.write_bytes(original)
+            archiver.wait_for(caught_up(started), "started again on another port", timeout=60)
+        assert embedded.port != port
+        assert "the database moved to a new address" in archiver.service.log()
+        moved = written(archiver)
+        archiver.wait_for(lambda: written(archiver) > moved, "writes on the new port")
+        assert archiver.stop() == 0
+
+    assert not embedded.running()  # SIGTERM stopped the server it had started again
+    embedded.start()
+    try:
+        numbers = scrape_numbers(embedded.dsn())
+    finally:
+        embedded.stop()
+    assert numbers == synth.served_numbers()  # all of them, in order, once
