@@ -85,26 +85,32 @@ class CollectorSet:
                 log.exception("collector %s failed to close", collector.name)
 
 
+class _Static:
+    """A collector that serves families fixed at start (build info)."""
+
+    def __init__(self, *families: Metric) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
 def build_registry(collector_set: CollectorSet, *, version: str) -> CollectorRegistry:
     """The registry `/metrics` renders: the collectors, the process' own metrics, build info."""
+    import platform
+
     from prometheus_client import ProcessCollector
     from prometheus_client.core import InfoMetricFamily
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector_set)  # type: ignore[arg-type]
     ProcessCollector(registry=registry)
-
-    class BuildInfo:
-        def collect(self) -> Iterator[Metric]:
-            import platform
-
-            yield InfoMetricFamily(
-                metric_name("exporter_build"),
-                "perfwatch exporter version and the Python it runs on.",
-                value={"version": version, "python_version": platform.python_version()},
-            )
-
-    registry.register(BuildInfo())  # type: ignore[arg-type]
+    build_info = InfoMetricFamily(
+        metric_name("exporter_build"),
+        "perfwatch exporter version and the Python it runs on.",
+        value={"version": version, "python_version": platform.python_version()},
+    )
+    registry.register(_Static(build_info))  # type: ignore[arg-type]
     return registry
 
 
