@@ -1,5 +1,11 @@
 # perfwatch's image: perfwatch-exporter and perfwatch-archiver (compose.yaml picks one per service).
-# Build: docker build -t perfwatch:0.1.0 .
+# Build: docker build -t perfwatch:0.2.0 .
+FROM python:3.11.13-slim-bookworm AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY perfwatch perfwatch
+RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --wheel-dir /wheels .
+
 FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,18 +18,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --system --uid 10280 --user-group --home-dir /var/lib/perfwatch --create-home \
         --shell /usr/sbin/nologin perfwatch
 
-WORKDIR /opt/perfwatch
-# Dependencies first, so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
-COPY exporter/__init__.py exporter/__init__.py
-COPY archiver/__init__.py archiver/__init__.py
-RUN pip install .  && pip uninstall -y perfwatch
-# Installed in place (editable) so the archiver finds its SQL migrations under /opt/perfwatch/sql.
-COPY exporter exporter
-COPY archiver archiver
-COPY sql sql
-RUN pip install --no-deps -e . && python -m compileall -q exporter archiver
+# The same wheel a user installs, with the archiver's extra: one image serves both programs.
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install "$(echo /tmp/wheels/perfwatch-*.whl)[archiver]" && rm -rf /tmp/wheels
 
 USER perfwatch
+WORKDIR /var/lib/perfwatch
 EXPOSE 10280 10281
 CMD ["perfwatch-exporter"]

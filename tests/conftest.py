@@ -19,7 +19,7 @@ class Exporter:
                  user: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        argv = python_module("exporter", "--listen", f"127.0.0.1:{self.port}", *args)
+        argv = python_module("perfwatch.exporter", "--listen", f"127.0.0.1:{self.port}", *args)
         if config is not None:
             path = workdir / f"exporter-{self.port}.yml"
             path.write_text(yaml.safe_dump(config))

@@ -21,13 +21,13 @@ import pytest
 import sqlalchemy as sa
 from support.archive import batches, login_as, ms, synthetic
 
-from archiver import db
-from archiver.migrate import MIGRATIONS_DIR, apply_migrations
-from archiver.model import Batch, MetricMeta, Sample
-from archiver.policy import Policy, mirror_policy
-from archiver.retention import run_retention
-from archiver.rollup import run_rollups
-from archiver.store import Store
+from perfwatch.archiver import db
+from perfwatch.archiver.migrate import MIGRATIONS_DIR, apply_migrations
+from perfwatch.archiver.model import Batch, MetricMeta, Sample
+from perfwatch.archiver.policy import Policy, mirror_policy
+from perfwatch.archiver.retention import run_retention
+from perfwatch.archiver.rollup import run_rollups
+from perfwatch.archiver.store import Store
 
 OLD_LOCK_CLASS = 1885696614  # the advisory-lock class of 0003 and of the old migration lock (1 to 4)
 LOCK_TABLES = ["perfwatch.lock_rollup", "perfwatch.lock_raw_write", "perfwatch.lock_partition",

@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from archiver import db
-from archiver.migrate import apply_migrations
-from archiver.policy import Policy, Tier, mirror_policy
-from archiver.rollup import run_rollups
-from exporter.config import ConfigError, Duration, from_mapping
+from perfwatch.archiver import db
+from perfwatch.archiver.migrate import apply_migrations
+from perfwatch.archiver.policy import Policy, Tier, mirror_policy
+from perfwatch.archiver.rollup import run_rollups
+from perfwatch.common.config import ConfigError, Duration, from_mapping
 
 
 def load(text: str) -> Policy:

@@ -15,13 +15,13 @@ import sqlalchemy as sa
 from support.archive import SyntheticSeries, at, batches, close, floor_ms, login_as, ms, step_stats, synthetic
 from support.postgres import PostgresServer
 
-from archiver import db
-from archiver.migrate import apply_migrations
-from archiver.policy import Policy, Tier, mirror_policy
-from archiver.retention import run_retention
-from archiver.rollup import run_rollups
-from archiver.store import Store
-from exporter.config import Duration
+from perfwatch.archiver import db
+from perfwatch.archiver.migrate import apply_migrations
+from perfwatch.archiver.policy import Policy, Tier, mirror_policy
+from perfwatch.archiver.retention import run_retention
+from perfwatch.archiver.rollup import run_rollups
+from perfwatch.archiver.store import Store
+from perfwatch.common.config import Duration
 
 START = dt.datetime(2024, 3, 9, 21, 13, 7, 123000, tzinfo=dt.UTC)
 HOURS = 54

@@ -9,15 +9,15 @@ import pytest
 import sqlalchemy as sa
 from support.archive import batches, ms, synthetic
 
-from archiver import db
-from archiver.migrate import apply_migrations
-from archiver.model import Batch, MetricMeta, Sample
-from archiver.policy import Policy, Tier, mirror_policy
-from archiver.retention import run_retention
-from archiver.rollup import run_rollups
-from archiver.status import tier_status
-from archiver.store import Store
-from exporter.config import Duration
+from perfwatch.archiver import db
+from perfwatch.archiver.migrate import apply_migrations
+from perfwatch.archiver.model import Batch, MetricMeta, Sample
+from perfwatch.archiver.policy import Policy, Tier, mirror_policy
+from perfwatch.archiver.retention import run_retention
+from perfwatch.archiver.rollup import run_rollups
+from perfwatch.archiver.status import tier_status
+from perfwatch.archiver.store import Store
+from perfwatch.common.config import Duration
 
 DAY = 86400
 POLICY = Policy(raw_retention=Duration(2 * DAY), tiers=[Tier(Duration(300), Duration(4 * DAY)),
@@ -147,7 +147,7 @@ def test_retention_and_a_writer_in_mid_write_do_not_deadlock(pg_dsn: str, caplog
     writer.execute("SELECT * FROM perfwatch.begin_write()")  # a write in progress: shared raw-write lock
     outcome: list[object] = []
     retention = threading.Thread(target=lambda: outcome.append(run_retention(engine, POLICY, now)))
-    with caplog.at_level("INFO", logger="archiver"):
+    with caplog.at_level("INFO", logger="perfwatch.archiver"):
         retention.start()
         deadline = time.monotonic() + 30
         while not writer.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "

@@ -30,14 +30,14 @@ from support.archive import (
 )
 from support.postgres import PostgresServer
 
-from archiver import db
-from archiver.migrate import apply_migrations
-from archiver.model import Batch, MetricMeta, Sample
-from archiver.policy import Policy, mirror_policy
-from archiver.rollup import run_rollups
-from archiver.status import tier_status
-from archiver.store import Store
-from exporter.config import Duration
+from perfwatch.archiver import db
+from perfwatch.archiver.migrate import apply_migrations
+from perfwatch.archiver.model import Batch, MetricMeta, Sample
+from perfwatch.archiver.policy import Policy, mirror_policy
+from perfwatch.archiver.rollup import run_rollups
+from perfwatch.archiver.status import tier_status
+from perfwatch.archiver.store import Store
+from perfwatch.common.config import Duration
 
 START = dt.datetime(2024, 3, 9, 21, 13, 7, 123000, tzinfo=dt.UTC)  # deliberately not on any bucket edge
 HOURS = 30

@@ -15,13 +15,13 @@ import sqlalchemy as sa
 from support.archive import batches, login_as, synthetic
 from support.postgres import PostgresServer
 
-from archiver import db
-from archiver.migrate import MIGRATIONS_DIR, MigrationError, apply_migrations
-from archiver.policy import Policy, mirror_policy
-from archiver.retention import run_retention
-from archiver.rollup import run_rollups
-from archiver.status import tier_status
-from archiver.store import Store
+from perfwatch.archiver import db
+from perfwatch.archiver.migrate import MIGRATIONS_DIR, MigrationError, apply_migrations
+from perfwatch.archiver.policy import Policy, mirror_policy
+from perfwatch.archiver.retention import run_retention
+from perfwatch.archiver.rollup import run_rollups
+from perfwatch.archiver.status import tier_status
+from perfwatch.archiver.store import Store
 
 ALL = ["0001_roles.sql", "0002_catalog.sql", "0003_archive.sql", "0004_read.sql",
        "0005_retention_waits_for_late_samples.sql", "0006_lock_tables.sql"]

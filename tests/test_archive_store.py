@@ -16,14 +16,14 @@ from support.archive import ms
 from support.procs import free_port
 from support.synthetic import NASTY_VALUES
 
-from archiver import db
-from archiver.migrate import apply_migrations
-from archiver.model import Batch, MetricMeta, Sample
-from archiver.policy import Policy, mirror_policy
-from archiver.retention import run_retention
-from archiver.rollup import run_rollups
-from archiver.status import tier_status
-from archiver.store import Store
+from perfwatch.archiver import db
+from perfwatch.archiver.migrate import apply_migrations
+from perfwatch.archiver.model import Batch, MetricMeta, Sample
+from perfwatch.archiver.policy import Policy, mirror_policy
+from perfwatch.archiver.retention import run_retention
+from perfwatch.archiver.rollup import run_rollups
+from perfwatch.archiver.status import tier_status
+from perfwatch.archiver.store import Store
 
 T0 = ms(dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.UTC))
 JOB_INSTANCE = (("instance", "host:9100"), ("job", "node"))

@@ -11,8 +11,8 @@ from support.procs import REPO
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "archiver", *args], capture_output=True, text=True, timeout=60,
-                          cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "perfwatch.archiver", *args], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
 
 
 def test_help_lists_options_and_commands() -> None:

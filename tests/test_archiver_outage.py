@@ -21,7 +21,7 @@ import pytest
 from support.archiver import ArchiverProcess, scrape_numbers, stop_leftovers
 from support.synthetic import SyntheticExporter
 
-from archiver.embedded import EmbeddedPostgres
+from perfwatch.archiver.embedded import EmbeddedPostgres
 
 
 @pytest.fixture(autouse=True)

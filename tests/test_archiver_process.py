@@ -19,8 +19,8 @@ from support.procs import REPO, Service, free_port, python_module
 from support.prometheus import promtool
 from support.synthetic import NASTY_VALUES, SyntheticExporter, counter_value, gauge_value
 
-from archiver.embedded import EmbeddedPostgres
-from archiver.model import Batch
+from perfwatch.archiver.embedded import EmbeddedPostgres
+from perfwatch.archiver.model import Batch
 
 
 @pytest.fixture(autouse=True)
@@ -146,8 +146,8 @@ def test_failing_targets_are_logged_counted_and_the_rest_keeps_going(tmp_path: P
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "archiver", *args], capture_output=True, text=True, timeout=120,
-                          cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "perfwatch.archiver", *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
 
 
 def test_embedded_database_by_default_and_operator_commands(tmp_path: Path) -> None:
@@ -192,8 +192,8 @@ def test_scrapes_an_exporter_behind_mutual_tls_and_basic_auth(tmp_path: Path, pg
         "basic_auth_users": {"archiver": bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()},
     }, allow_unicode=True))
     port = free_port()
-    exporter = Service(python_module("exporter", "--listen", f"127.0.0.1:{port}", "--web-config", str(web_config)),
-                       tmp_path / "exporter.log").start()
+    exporter = Service(python_module("perfwatch.exporter", "--listen", f"127.0.0.1:{port}",
+                                     "--web-config", str(web_config)), tmp_path / "exporter.log").start()
     password_file = tmp_path / "password"
     password_file.write_text(password + "\n")
     cert, key = pki.client_pair

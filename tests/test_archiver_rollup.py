@@ -77,8 +77,8 @@ def test_every_tier_gives_raws_increase_rate_avg_min_max(tmp_path: Path, pg_dsn:
         assert archiver.stop() == 0
 
     # One more pass by hand (the operator command) rolls up what the last scrapes added.
-    rollup = subprocess.run([sys.executable, "-m", "archiver", "--config", str(archiver.config_path), "rollup"],
-                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    rollup = subprocess.run([sys.executable, "-m", "perfwatch.archiver", "--config", str(archiver.config_path),
+                             "rollup"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert rollup.returncode == 0, rollup.stderr
     with psycopg.connect(pg_dsn) as conn:
         watermark = conn.execute("SELECT watermark FROM perfwatch.tier WHERE name = '2s'").fetchone()[0]

@@ -13,7 +13,7 @@ import requests
 from support.exposition import values
 from support.procs import REPO, Service, free_port
 
-from archiver.embedded import EmbeddedPostgres
+from perfwatch.archiver.embedded import EmbeddedPostgres
 
 
 def test_scripts_run_archives_the_exporter_into_embedded_postgres_and_stops_both(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from support.procs import free_port
 from support.synthetic import NASTY_VALUES, SyntheticExporter, counter_value, exposition, gauge_value
 
-from archiver.scrape import (
+from perfwatch.archiver.scrape import (
     HTTP_STATUS,
     MALFORMED,
     TIMEOUT,

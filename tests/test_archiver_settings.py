@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from support.procs import REPO
 
-from archiver.policy import Policy
-from archiver.service import partition_tier
-from archiver.settings import load_settings, metrics_url
-from exporter.config import ConfigError
+from perfwatch.archiver.policy import Policy
+from perfwatch.archiver.service import partition_tier
+from perfwatch.archiver.settings import load_settings, metrics_url
+from perfwatch.common.config import ConfigError
 
 
 def test_defaults_and_derived_target_values(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from support.procs import REPO
 
-from archiver.model import Batch, MetricMeta, Sample
-from archiver.spool import Spool
+from perfwatch.archiver.model import Batch, MetricMeta, Sample
+from perfwatch.archiver.spool import Spool
 
 
 def batch(i: int, samples: int = 3) -> Batch:
@@ -144,7 +144,7 @@ def test_sigkill_during_appends_keeps_every_acknowledged_batch(tmp_path: Path) -
         import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         from test_archiver_spool import batch
-        from archiver.spool import Spool
+        from perfwatch.archiver.spool import Spool
         spool = Spool(sys.argv[1], segment_bytes=20000)
         i = 0
         while True:
@@ -183,7 +183,7 @@ def test_a_full_disk_loses_only_the_batches_it_refused(tmp_path: Path) -> None:
         import resource, signal, sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         from test_archiver_spool import batch
-        from archiver.spool import Spool
+        from perfwatch.archiver.spool import Spool
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing us
         spool = Spool(sys.argv[1])
         size = len(batch(0, samples=20).to_json()) + 1

@@ -15,7 +15,7 @@ import pytest
 from support.exposition import names, samples, value, values
 from support.prometheus import promtool
 
-from exporter.collectors import load_all
+from perfwatch.exporter.collectors import load_all
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -390,8 +390,8 @@ def test_every_collector_option_names_its_key_when_wrong(tmp_path: Path) -> None
     """Each option of each collector, given a mapping (wrong for every option type), is refused by name."""
     import dataclasses
 
-    from exporter.config import ConfigError
-    from exporter.settings import load_settings
+    from perfwatch.common.config import ConfigError
+    from perfwatch.exporter.settings import load_settings
 
     checked = set()
     for name, cls in load_all().items():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from support.exposition import names, value, values
 
-from exporter.collectors.filesystem import FilesystemOptions, parse_mounts
+from perfwatch.exporter.collectors.filesystem import FilesystemOptions, parse_mounts
 
 
 def read(path: str) -> str:

@@ -20,9 +20,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.collectors import REGISTRY
-from exporter.scrape import CollectorSet, build_registry, format_value, render, render_families
-from exporter.settings import load_settings
+from perfwatch.exporter.collectors import REGISTRY
+from perfwatch.exporter.scrape import CollectorSet, build_registry, format_value, render, render_families
+from perfwatch.exporter.settings import load_settings
 
 
 class Fixed:

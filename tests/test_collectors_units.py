@@ -11,11 +11,11 @@ import threading
 import time
 from pathlib import Path
 
-from exporter.collectors.base import HostPaths
-from exporter.collectors.filesystem import FilesystemCollector, FilesystemOptions, StatvfsRunner, parse_mounts
-from exporter.collectors.host import cpu_model_and_count, os_release
-from exporter.collectors.tcp import count_proc_states
-from exporter.config import Duration
+from perfwatch.common.config import Duration
+from perfwatch.exporter.collectors.base import HostPaths
+from perfwatch.exporter.collectors.filesystem import FilesystemCollector, FilesystemOptions, StatvfsRunner, parse_mounts
+from perfwatch.exporter.collectors.host import cpu_model_and_count, os_release
+from perfwatch.exporter.collectors.tcp import count_proc_states
 
 
 class HangingStatvfs:
@@ -169,7 +169,7 @@ def test_os_release_and_cpuinfo_parsing() -> None:
 
 
 def test_process_limits_are_reread_after_a_minute(tmp_path: Path) -> None:
-    from exporter.collectors.processes import LIMITS_MAX_AGE, ProcessesCollector
+    from perfwatch.exporter.collectors.processes import LIMITS_MAX_AGE, ProcessesCollector
 
     kernel = tmp_path / "sys" / "kernel"
     kernel.mkdir(parents=True)

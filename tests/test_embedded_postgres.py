@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from archiver.embedded import EmbeddedPostgres
+from perfwatch.archiver.embedded import EmbeddedPostgres
 
 
 def test_initialises_starts_stops_and_keeps_data(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from support.procs import REPO
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "perfwatch.exporter", *args], capture_output=True, text=True,
                           timeout=60, cwd=REPO)
 
 
@@ -124,7 +124,7 @@ def test_failing_collector_is_marked_and_scrape_answers(start_exporter, tmp_path
 
 
 def _all_collectors() -> list[str]:
-    from exporter.collectors import load_all
+    from perfwatch.exporter.collectors import load_all
 
     return list(load_all())
 

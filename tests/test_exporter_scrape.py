@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from exporter.collectors.base import Collector, HostPaths, NoOptions, gauge
-from exporter.scrape import CollectorSet
+from perfwatch.exporter.collectors.base import Collector, HostPaths, NoOptions, gauge
+from perfwatch.exporter.scrape import CollectorSet
 
 
 class Slow(Collector):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from exporter.web import Request, Response, WebServer, accepts_gzip
+from perfwatch.common.httpserver import Request, Response, WebServer, accepts_gzip
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -42,7 +42,7 @@ def test_a_client_that_leaves_mid_scrape_is_a_debug_line_not_a_traceback(
         slow_server: tuple[WebServer, threading.Event], caplog: pytest.LogCaptureFixture,
         capfd: pytest.CaptureFixture[str]) -> None:
     server, release = slow_server
-    caplog.set_level(logging.DEBUG, logger="exporter.web")
+    caplog.set_level(logging.DEBUG, logger="perfwatch.common.httpserver")
     # Prometheus giving up at its scrape timeout: the request is sent, the connection reset.
     client = socket.create_connection(("127.0.0.1", server.port))
     client.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")

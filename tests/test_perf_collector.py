@@ -25,11 +25,11 @@ from support.exposition import names, value, values
 from support.procs import REPO
 from support.prometheus import promtool
 
-from exporter import perf_events as pe
-from exporter.collectors.base import HostPaths
-from exporter.collectors.perf import PerfCollector, PerfOptions
-from exporter.config import ConfigError, from_mapping
-from exporter.settings import load_settings
+from perfwatch.common.config import ConfigError, from_mapping
+from perfwatch.exporter import perf_events as pe
+from perfwatch.exporter.collectors.base import HostPaths
+from perfwatch.exporter.collectors.perf import PerfCollector, PerfOptions
+from perfwatch.exporter.settings import load_settings
 
 BY_ENCODING = {(e.type, e.config): e.name for e in pe.EVENTS.values()}
 
@@ -292,7 +292,7 @@ def test_unsupported_and_refused_events_are_reported_not_dropped(tmp_path: Path,
         "cycles": errno.ENOENT, "instructions": errno.EOPNOTSUPP, "LLC-loads": errno.EINVAL,
         "branch-misses": errno.EACCES, "cache-misses": errno.EPERM, "ref-cycles": errno.EMFILE,
     })
-    with caplog.at_level(logging.INFO, logger="exporter.collectors.perf"):
+    with caplog.at_level(logging.INFO, logger="perfwatch.exporter.collectors.perf"):
         collector = make(tmp_path, kernel)
     text = scrape(collector)
     supported = {dict(k)["event"]: v for k, v in values(text, "perfwatch_perf_event_supported").items()}
@@ -305,7 +305,7 @@ def test_unsupported_and_refused_events_are_reported_not_dropped(tmp_path: Path,
     assert "perfwatch_perf_cpu_cycles_total" not in names(text)
     assert "perfwatch_perf_branch_misses_total" not in names(text)
     assert value(text, "perfwatch_perf_counters_open") == (28 - 6) * 2
-    [line] = [r for r in caplog.records if r.name == "exporter.collectors.perf"]
+    [line] = [r for r in caplog.records if r.name == "perfwatch.exporter.collectors.perf"]
     assert line.levelno == logging.WARNING
     msg = line.getMessage()
     assert "counting 22 of 28 events" in msg
@@ -344,7 +344,7 @@ def test_lost_fd_is_reopened_and_the_total_continues(tmp_path: Path, caplog: pyt
 
 
 def test_cpu_hotplug_through_sysfs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="exporter.collectors.perf")
+    caplog.set_level(logging.INFO, logger="perfwatch.exporter.collectors.perf")
     kernel = FakeKernel()
     collector = make(tmp_path, kernel, online="0-3", events=["context-switches", "cycles"])
     root = tmp_path / "sys"
@@ -487,7 +487,7 @@ def test_event_names_are_case_insensitive_and_deduplicated(tmp_path: Path) -> No
 
 
 def test_cli_exits_2_naming_the_cpus_key(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "exporter", "--config",
+    result = subprocess.run([sys.executable, "-m", "perfwatch.exporter", "--config",
                              str(write_config(tmp_path, "    cpus: 0-x\n"))],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2

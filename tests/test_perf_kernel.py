@@ -18,8 +18,8 @@ from support.exposition import value, values
 from support.procs import REPO
 from test_perf_collector import perf_fds
 
-from archiver.embedded import _make_traversable
-from exporter import perf_events as pe
+from perfwatch.archiver.embedded import _make_traversable
+from perfwatch.exporter import perf_events as pe
 
 UNPRIVILEGED_USER = "perfwatch-test"
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -10,7 +10,7 @@ import pytest
 from support.exposition import value, values
 from test_perf_kernel import last_online_cpu, missing_pmu, run_pinned
 
-from exporter import perf_events as pe
+from perfwatch.exporter import perf_events as pe
 
 pytestmark = pytest.mark.pmu
 

@@ -22,7 +22,8 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from exporter.settings import load_settings as load_exporter_settings
+import perfwatch
+from perfwatch.exporter.settings import load_settings as load_exporter_settings
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text())
@@ -106,8 +107,7 @@ def test_images_are_pinned(name: str) -> None:
 
 
 def test_perfwatch_image_is_this_version_built_here() -> None:
-    pyproject = (REPO / "pyproject.toml").read_text()
-    version = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)  # type: ignore[union-attr]
+    version = perfwatch.__version__
     for name in ("exporter", "archiver"):
         assert SERVICES[name]["image"] == f"perfwatch:{version}"
         assert SERVICES[name]["build"] == "."
@@ -393,7 +393,7 @@ def test_prometheus_scrapes_the_compose_services_on_their_configured_ports() -> 
 
 
 def test_archiver_config_compose_mounts_is_valid() -> None:
-    from archiver.settings import load_settings as load_archiver_settings
+    from perfwatch.archiver.settings import load_settings as load_archiver_settings
 
     settings = load_archiver_settings(REPO / "provisioning/perfwatch/archiver.yml")
     assert settings.database.dsn_file == secret_path("archiver_dsn")

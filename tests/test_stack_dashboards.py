@@ -47,13 +47,13 @@ from support.prometheus import Prometheus
 from test_collectors_fake_host import HWMON
 from test_perf_collector import FakeKernel
 
-from archiver.embedded import EmbeddedPostgres, bin_dir
-from exporter import perf_events as pe
-from exporter.collectors import load_all
-from exporter.collectors.base import HostPaths
-from exporter.config import from_mapping
-from exporter.scrape import CollectorSet, build_registry
-from exporter.web import WebServer, metrics_handler
+from perfwatch.archiver.embedded import EmbeddedPostgres, bin_dir
+from perfwatch.common.config import from_mapping
+from perfwatch.common.httpserver import WebServer, metrics_handler
+from perfwatch.exporter import perf_events as pe
+from perfwatch.exporter.collectors import load_all
+from perfwatch.exporter.collectors.base import HostPaths
+from perfwatch.exporter.scrape import CollectorSet, build_registry
 
 DASHBOARDS = sorted((REPO / "grafana/dashboards").glob("*.json"))
 SCRAPE = "1s"  # the test stack scrapes every second; the datasources' timeInterval says the same
@@ -214,14 +214,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         dsn_file.write_text(make_conninfo(**dsn))  # type: ignore[arg-type]
 
         exporter_port = free_port()
-        exporter = Service(python_module("exporter", "--listen", f"127.0.0.1:{exporter_port}"),
+        exporter = Service(python_module("perfwatch.exporter", "--listen", f"127.0.0.1:{exporter_port}"),
                            root / "exporter.log", ready_url=f"http://127.0.0.1:{exporter_port}/-/ready")
         services.append(exporter.start())
         hardware = HardwareHost(root)
         archiver_port = free_port()
         config = archiver_config(root, f"127.0.0.1:{exporter_port}", archiver_port, dsn_file,
                                  dead=f"127.0.0.1:{free_port()}")
-        archiver = Service(python_module("archiver", "--config", str(config)), root / "archiver.log",
+        archiver = Service(python_module("perfwatch.archiver", "--config", str(config)), root / "archiver.log",
                            ready_url=f"http://127.0.0.1:{archiver_port}/-/ready", ready_timeout=90)
         services.append(archiver.start())
 
@@ -446,8 +446,8 @@ def test_writer_role_as_compose_creates_it_owns_the_archive_and_nothing_more(sta
 def test_grafana_role_defaults_match_what_the_migrations_give_it(stack: Stack, pg_dsn: str) -> None:
     """The init script creates perfwatch_grafana before the first migration, which then leaves its
     defaults alone: they must be the ones 0001_roles.sql gives the role where it creates it."""
-    from archiver.db import make_engine
-    from archiver.migrate import apply_migrations
+    from perfwatch.archiver.db import make_engine
+    from perfwatch.archiver.migrate import apply_migrations
 
     engine = make_engine(pg_dsn)
     try:

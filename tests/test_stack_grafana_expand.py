@@ -126,7 +126,7 @@ def test_prometheus_variables_are_escaped_like_grafana_and_match_in_prometheus(s
 
 
 def _collectors() -> list[str]:
-    from exporter.collectors import load_all
+    from perfwatch.exporter.collectors import load_all
 
     return list(load_all())
 

@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives import serialization
 from support.pki import PKI
 from support.prometheus import promtool
 
-from exporter import webconfig
-from exporter.config import ConfigError
-from exporter.webconfig import BasicAuth, load_web_config
+from perfwatch.common import webconfig
+from perfwatch.common.config import ConfigError
+from perfwatch.common.webconfig import BasicAuth, load_web_config
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,12 @@ import pytest
 import sqlalchemy as sa
 from support.pki import CA
 
-from archiver import db
-from archiver.embedded import EmbeddedPostgres
-from archiver.migrate import apply_migrations
-from archiver.model import Batch, MetricMeta, Sample
-from archiver.policy import Policy, mirror_policy
-from archiver.store import Store
+from perfwatch.archiver import db
+from perfwatch.archiver.embedded import EmbeddedPostgres
+from perfwatch.archiver.migrate import apply_migrations
+from perfwatch.archiver.model import Batch, MetricMeta, Sample
+from perfwatch.archiver.policy import Policy, mirror_policy
+from perfwatch.archiver.store import Store
 
 WRITER_PASSWORD = "writer 'pw' \"quoted\" \\ ünï"
 GRAFANA_PASSWORD = "grafana-pw; DROP ROLE postgres; --"

@@ -21,20 +21,20 @@ from support.procs import Service, free_port, python_module
 from support.prometheus import Prometheus, promtool
 from test_exporter_process import run_cli
 
-from archiver import db
-from archiver.migrate import apply_migrations
-from archiver.policy import Policy, mirror_policy
-from archiver.scrape import HTTP_STATUS, UNREACHABLE, ScrapeError, Target, TargetScraper
-from archiver.scrapeauth import (
+from perfwatch.archiver import db
+from perfwatch.archiver.migrate import apply_migrations
+from perfwatch.archiver.policy import Policy, mirror_policy
+from perfwatch.archiver.scrape import HTTP_STATUS, UNREACHABLE, ScrapeError, Target, TargetScraper
+from perfwatch.archiver.scrapeauth import (
     AuthorizationConfig,
     BasicAuthConfig,
     TLSClientConfig,
     apply_client_auth,
     validate_client_auth,
 )
-from archiver.store import Store
-from exporter.config import ConfigError, from_mapping
-from exporter.web import METRICS_CONTENT_TYPE, Request, Response, WebServer
+from perfwatch.archiver.store import Store
+from perfwatch.common.config import ConfigError, from_mapping
+from perfwatch.common.httpserver import METRICS_CONTENT_TYPE, Request, Response, WebServer
 
 PASSWORD = "s3cret \"quoted\" \\ ünïcødé '; DROP TABLE metric; --"
 ODD_USER = "grafana ✓"
@@ -62,7 +62,7 @@ class SecureExporter:
         self.web_config_path = workdir / f"{name}-web.yml"
         self.web_config_path.write_text(yaml.safe_dump(web_config, allow_unicode=True))
         self.verify, self.cert = verify, cert
-        self.service = Service(python_module("exporter", "--listen", f"127.0.0.1:{self.port}",
+        self.service = Service(python_module("perfwatch.exporter", "--listen", f"127.0.0.1:{self.port}",
                                              "--web-config", str(self.web_config_path)),
                                workdir / f"{name}.log")
 

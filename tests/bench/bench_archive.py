@@ -41,14 +41,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from archiver import db  # noqa: E402
-from archiver.embedded import EmbeddedPostgres  # noqa: E402
-from archiver.migrate import apply_migrations  # noqa: E402
-from archiver.model import Batch, MetricMeta, Sample  # noqa: E402
-from archiver.policy import Policy, Tier, mirror_policy  # noqa: E402
-from archiver.rollup import run_rollups  # noqa: E402
-from archiver.store import Store  # noqa: E402
-from exporter.config import Duration  # noqa: E402
+from perfwatch.archiver import db  # noqa: E402
+from perfwatch.archiver.embedded import EmbeddedPostgres  # noqa: E402
+from perfwatch.archiver.migrate import apply_migrations  # noqa: E402
+from perfwatch.archiver.model import Batch, MetricMeta, Sample  # noqa: E402
+from perfwatch.archiver.policy import Policy, Tier, mirror_policy  # noqa: E402
+from perfwatch.archiver.rollup import run_rollups  # noqa: E402
+from perfwatch.archiver.store import Store  # noqa: E402
+from perfwatch.common.config import Duration  # noqa: E402
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 START = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)

@@ -33,18 +33,18 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support.procs import Service, free_port, python_module  # noqa: E402
 
-from archiver.db import make_engine  # noqa: E402
-from archiver.embedded import EmbeddedPostgres  # noqa: E402
-from archiver.migrate import apply_migrations  # noqa: E402
-from archiver.policy import Policy, mirror_policy  # noqa: E402
-from archiver.scrape import parse_exposition  # noqa: E402
-from archiver.spool import Spool  # noqa: E402
-from archiver.store import Store  # noqa: E402
+from perfwatch.archiver.db import make_engine  # noqa: E402
+from perfwatch.archiver.embedded import EmbeddedPostgres  # noqa: E402
+from perfwatch.archiver.migrate import apply_migrations  # noqa: E402
+from perfwatch.archiver.policy import Policy, mirror_policy  # noqa: E402
+from perfwatch.archiver.scrape import parse_exposition  # noqa: E402
+from perfwatch.archiver.spool import Spool  # noqa: E402
+from perfwatch.archiver.store import Store  # noqa: E402
 
 
 def fetch_exposition(workdir: Path) -> str:
     port = free_port()
-    exporter = Service(python_module("exporter", "--listen", f"127.0.0.1:{port}"), workdir / "exporter.log",
+    exporter = Service(python_module("perfwatch.exporter", "--listen", f"127.0.0.1:{port}"), workdir / "exporter.log",
                        ready_url=f"http://127.0.0.1:{port}/-/ready").start()
     try:
         requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30)  # perf deltas need a first scrape

@@ -45,7 +45,7 @@ import bcrypt  # noqa: E402
 from support.pki import PKI  # noqa: E402
 from support.procs import free_port  # noqa: E402
 
-from exporter.webconfig import BasicAuth  # noqa: E402
+from perfwatch.common.webconfig import BasicAuth  # noqa: E402
 
 USER, PASSWORD = "prometheus", "bench-password"
 
@@ -63,7 +63,7 @@ class Exporter:
             # This script again, as a child that sets the cache size to 0 and runs the exporter.
             argv = [sys.executable, __file__, "--child-no-cache", *args]
         else:
-            argv = [sys.executable, "-m", "exporter", *args]
+            argv = [sys.executable, "-m", "perfwatch.exporter", *args]
         self.log = open(workdir / f"{self.port}.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + 30
@@ -229,7 +229,7 @@ def main() -> int:
 
 
 def child_no_cache(argv: list[str]) -> int:
-    from exporter import cli, webconfig
+    from perfwatch.exporter import cli, webconfig
 
     real_init: Callable[..., None] = webconfig.BasicAuth.__init__
 

@@ -164,7 +164,7 @@ def main() -> int:
     node_exe = ensure_node_exporter()
     workdir = Path(tempfile.mkdtemp(prefix="bench-exporter-"))
     perfwatch_port, node_port = free_port(), free_port()
-    perfwatch_argv = [sys.executable, "-m", "exporter", "--listen", f"127.0.0.1:{perfwatch_port}",
+    perfwatch_argv = [sys.executable, "-m", "perfwatch.exporter", "--listen", f"127.0.0.1:{perfwatch_port}",
                       "--log-level", "warning"]
     if args.config:
         perfwatch_argv += ["--config", args.config]

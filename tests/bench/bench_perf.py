@@ -41,11 +41,11 @@ from bench_exporter import cpu_seconds  # noqa: E402
 from prometheus_client.registry import CollectorRegistry  # noqa: E402
 from support.procs import free_port  # noqa: E402
 
-from exporter import perf_events as pe  # noqa: E402
-from exporter.collectors.base import HostPaths  # noqa: E402
-from exporter.collectors.perf import PerfCollector, PerfOptions  # noqa: E402
-from exporter.config import from_mapping  # noqa: E402
-from exporter.scrape import render  # noqa: E402
+from perfwatch.common.config import from_mapping  # noqa: E402
+from perfwatch.exporter import perf_events as pe  # noqa: E402
+from perfwatch.exporter.collectors.base import HostPaths  # noqa: E402
+from perfwatch.exporter.collectors.perf import PerfCollector, PerfOptions  # noqa: E402
+from perfwatch.exporter.scrape import render  # noqa: E402
 
 
 def children_cpu() -> float:
@@ -86,14 +86,14 @@ def over_http(scrapes: int, workdir: Path) -> tuple[list[float], float]:
     """Latencies and exporter CPU seconds per scrape of an exporter running only the perf collector."""
     import requests
 
-    from exporter.collectors import load_all
+    from perfwatch.exporter.collectors import load_all
 
     config = workdir / "perf-only.yml"
     others = "".join(f"  {name}:\n    enabled: false\n" for name in load_all() if name != "perf")
     config.write_text(f"collectors:\n{others}")
     port = free_port()
     with open(workdir / "exporter.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "exporter", "--listen", f"127.0.0.1:{port}",
+        proc = subprocess.Popen([sys.executable, "-m", "perfwatch.exporter", "--listen", f"127.0.0.1:{port}",
                                  "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         session = requests.Session()

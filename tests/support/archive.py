@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from archiver.model import Batch, MetricMeta, Sample
+from perfwatch.archiver.model import Batch, MetricMeta, Sample
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 Point = tuple[int, float]  # (ms since the epoch, value)

@@ -38,7 +38,7 @@ class ArchiverProcess:
         config = {"listen": f"127.0.0.1:{self.port}", "data_dir": str(workdir / "data"), **config}
         self.config_path = workdir / f"{name}-{self.port}.yml"
         self.config_path.write_text(yaml.safe_dump(config, allow_unicode=True))
-        self.service = Service(python_module("archiver", "--config", str(self.config_path), *args),
+        self.service = Service(python_module("perfwatch.archiver", "--config", str(self.config_path), *args),
                                workdir / f"{name}.log", ready_url=f"{self.url}/-/ready", ready_timeout=60)
 
     def start(self) -> ArchiverProcess:

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from archiver.embedded import EmbeddedPostgres
+from perfwatch.archiver.embedded import EmbeddedPostgres
 
 
 class PostgresServer:

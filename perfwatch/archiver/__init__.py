@@ -1,0 +1,1 @@
+"""perfwatch archiver: scrape exporters into PostgreSQL, downsample, apply retention."""

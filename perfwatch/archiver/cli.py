@@ -1,0 +1,133 @@
+"""`perfwatch-archiver`: scrape exporters into PostgreSQL; operator commands beside it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from perfwatch import __version__
+from perfwatch.archiver.settings import DEFAULT_PORT, ArchiverSettings, load_settings
+from perfwatch.common.config import ConfigError, parse_listen
+from perfwatch.common.httpserver import Request, Response, WebServer, metrics_handler, service_routes, stop_on_signals
+from perfwatch.common.logs import LEVELS, setup_logging
+from perfwatch.common.webconfig import WebConfig, load_web_config
+
+log = logging.getLogger("perfwatch.archiver")
+
+COMMANDS = {
+    "run": "scrape the targets into the database (the default)",
+    "migrate": "apply the schema migrations and mirror the policy, then exit",
+    "rollup": "run one rollup pass over every tier, then exit",
+    "retention": "run one retention pass (create partitions ahead, drop expired ones), then exit",
+    "status": "show the policy and each tier's state, then exit",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The options are accepted before and after the command; SUPPRESS keeps a subcommand from
+    # overwriting what was given before it with its own default.
+    common = argparse.ArgumentParser(add_help=False)
+    S = argparse.SUPPRESS  # noqa: N806
+    common.add_argument("--config", metavar="FILE", default=S, help="YAML config file (every key in README.md)")
+    common.add_argument("--target", metavar="URL", action="append", default=S,
+                        help="scrape this URL (repeatable; a URL without a path gets /metrics); "
+                        "replaces the config file's targets")
+    common.add_argument("--dsn", metavar="DSN", default=S,
+                        help="PostgreSQL connection string (default: an embedded server under the data dir)")
+    common.add_argument("--data-dir", metavar="DIR", default=S,
+                        help="spool and embedded database directory (default ./data)")
+    common.add_argument("--scrape-interval", metavar="DURATION", default=S,
+                        help="default scrape interval, e.g. 15s, 500ms (default 15s)")
+    common.add_argument("--listen", metavar="HOST:PORT", default=S,
+                        help=f"address for the archiver's own /metrics (default :{DEFAULT_PORT})")
+    common.add_argument("--web-config", "--web.config.file", metavar="FILE", dest="web_config", default=S,
+                        help="TLS and basic auth for the archiver's own endpoints, in exporter-toolkit's "
+                        "web-config.yml format (as the exporter)")
+    common.add_argument("--log-level", choices=LEVELS, default=S, help="log verbosity (default info)")
+    parser = argparse.ArgumentParser(
+        prog="perfwatch-archiver", parents=[common],
+        description="Scrape Prometheus exporters into PostgreSQL, downsample into tiers, apply retention. "
+        "Batches wait in a local spool while the database is unreachable.",
+        epilog="Command-line options override the config file. Config errors exit 2, other failures 1.",
+    )
+    parser.add_argument("--version", action="version", version=f"perfwatch-archiver {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, help_text in COMMANDS.items():
+        sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+
+    def opt(name: str) -> object:
+        return getattr(args, name, None)
+
+    overrides = {"listen": opt("listen"), "data_dir": opt("data_dir"), "scrape_interval": opt("scrape_interval"),
+                 "log_level": opt("log_level"), "database.dsn": opt("dsn"), "targets": opt("target")}
+    try:
+        settings = load_settings(opt("config"), overrides)  # type: ignore[arg-type]
+        dsn = settings.database.resolve_dsn()
+        if command == "run" and not settings.targets:
+            raise ConfigError("targets", "nothing to scrape: give --target URL or `targets` in the config file")
+        web_config = load_web_config(str(opt("web_config"))) if opt("web_config") else None
+    except ConfigError as err:
+        print(f"perfwatch-archiver: config error: {err}", file=sys.stderr)
+        return 2
+    # An operator command prints what it did; its log says only what went wrong, unless asked.
+    setup_logging(settings.log_level if command == "run" or opt("log_level") else "warning")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at info
+    if command == "run":
+        return run(settings, dsn, web_config)
+    from perfwatch.archiver.operate import operate
+
+    return operate(command, settings, dsn)
+
+
+def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | None = None) -> int:
+    from perfwatch.archiver.service import Archiver, DataDirLockedError, lock_data_dir
+
+    host, port = parse_listen(settings.listen)
+    try:
+        lock = lock_data_dir(Path(settings.data_dir))
+    except DataDirLockedError as err:
+        log.error("%s", err)
+        return 1
+    archiver = Archiver(settings, dsn)
+    started = threading.Event()
+
+    def ready(_request: Request) -> Response:
+        return Response(200, b"Ready.\n") if started.is_set() else Response(503, b"Starting.\n")
+
+    routes = service_routes("perfwatch archiver", __version__, metrics_handler(archiver.metrics.registry), ready)
+    try:
+        server = WebServer(host, port, routes, server_name=f"perfwatch-archiver/{__version__}", web_config=web_config)
+    except OSError as err:
+        log.error("cannot listen on %s: %s", settings.listen, err.strerror or err)
+        return 1
+
+    stop = stop_on_signals(log)
+    server.start()
+    log.info("perfwatch-archiver %s listening on %s://%s:%d, data in %s", __version__, server.scheme, host,
+             server.port, Path(settings.data_dir).resolve())
+    if web_config is not None:
+        log.info("web config: %s", web_config.describe())
+    try:
+        archiver.start()
+    except Exception as err:
+        log.error("cannot start: %s", err, exc_info=log.isEnabledFor(logging.DEBUG))
+        archiver.stop()
+        server.stop()
+        return 1
+    started.set()
+    stop.wait()
+    archiver.stop()
+    server.stop()
+    lock.close()
+    log.info("stopped")
+    return 0

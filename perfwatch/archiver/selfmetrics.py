@@ -1,0 +1,132 @@
+"""The archiver's own /metrics: what it scraped, wrote, spooled, rolled up and dropped.
+
+Names and labels are an interface: Prometheus alerts (archiver target down, spool growing,
+database unreachable, rollups behind) are written against them.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import CollectorRegistry
+
+from perfwatch import __version__
+from perfwatch.archiver.spool import Spool
+
+PREFIX = "perfwatch_archiver_"
+TARGET = ["job", "instance"]
+
+
+class ArchiverMetrics:
+    def __init__(self, spool: Spool | None = None) -> None:
+        # `_created` series double every counter for nothing Prometheus 2.42 uses.
+        disable_created_metrics()
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+
+        self.scrapes = Counter(PREFIX + "scrapes_total", "Scrapes attempted, per target.", TARGET, registry=r)
+        self.scrape_failures = Counter(
+            PREFIX + "scrape_failures_total",
+            "Failed scrapes per target and reason (unreachable, timeout, http_status, malformed).",
+            [*TARGET, "reason"], registry=r)
+        self.target_up = Gauge(PREFIX + "target_up", "1 if the target's last scrape succeeded, else 0.",
+                               TARGET, registry=r)
+        self.scrape_duration = Gauge(PREFIX + "scrape_duration_seconds", "How long the target's last scrape took.",
+                                     TARGET, registry=r)
+        self.samples_scraped = Counter(PREFIX + "samples_scraped_total",
+                                       "Samples scraped and spooled (NaN stale markers excluded).", TARGET, registry=r)
+        self.samples_written = Counter(PREFIX + "samples_written_total",
+                                       "Samples the database inserted, per target (a replayed duplicate is not "
+                                       "counted again).",
+                                       TARGET, registry=r)
+        self.write_duration = Histogram(PREFIX + "write_duration_seconds",
+                                        "Time to write one batch to the database.", registry=r,
+                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                                 5, 10))
+        self.database_up = Gauge(PREFIX + "database_up",
+                                 "1 if the last database operation succeeded, 0 if PostgreSQL was unreachable.",
+                                 registry=r)
+        self.rollup_runs = Counter(PREFIX + "rollup_runs_total", "Rollup passes per tier and result (ok, error).",
+                                   ["tier", "result"], registry=r)
+        self.retention_runs = Counter(PREFIX + "retention_runs_total", "Retention passes by result (ok, error).",
+                                      ["result"], registry=r)
+        self.partitions_dropped = Counter(PREFIX + "partitions_dropped_total",
+                                          "Partitions dropped by retention, per tier (raw or a resolution).",
+                                          ["tier"], registry=r)
+        self.rollup_last_success = Gauge(PREFIX + "rollup_last_success_timestamp_seconds",
+                                         "When a rollup pass last succeeded (Unix time).", registry=r)
+        self.retention_last_success = Gauge(PREFIX + "retention_last_success_timestamp_seconds",
+                                            "When a retention pass last succeeded (Unix time).", registry=r)
+        self.tier_rows = Gauge(PREFIX + "tier_rows", "Rows in each tier's table (raw and each resolution), "
+                               "as of the last rollup pass.", ["tier"], registry=r)
+        self.tier_bytes = Gauge(PREFIX + "tier_bytes", "On-disk size of each tier's tables and indexes, "
+                                "as of the last rollup pass.", ["tier"], registry=r)
+
+        # Set by the service once the store exists: its counts of samples not stored, by reason.
+        self.store_dropped: Callable[[], Mapping[str, int]] | None = None
+        self._watermarks: dict[str, float] = {}
+        self._lock = threading.Lock()
+        r.register(_Computed(self, spool))  # type: ignore[arg-type]
+        ProcessCollector(registry=r)
+
+    def set_watermark(self, tier: str, timestamp: float | None) -> None:
+        """Tier `tier` is rolled up to `timestamp` (Unix seconds); lag is computed at scrape time,
+        so it keeps growing when rollups stop."""
+        with self._lock:
+            if timestamp is None:
+                self._watermarks.pop(tier, None)
+            else:
+                self._watermarks[tier] = timestamp
+
+    def watermarks(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._watermarks)
+
+
+class _Computed:
+    """Values read when /metrics is scraped: spool state, rollup lag, build info."""
+
+    def __init__(self, metrics: ArchiverMetrics, spool: Spool | None) -> None:
+        self.metrics = metrics
+        self.spool = spool
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # computed at collect time; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.time()
+        if self.spool is not None:
+            stats = self.spool.stats()
+            yield GaugeMetricFamily(PREFIX + "spool_batches", "Batches spooled and not yet in the database.",
+                                    value=stats.batches)
+            yield GaugeMetricFamily(PREFIX + "spool_bytes", "Disk bytes of the batches not yet in the database.",
+                                    value=stats.bytes)
+            age = 0.0 if stats.oldest_ms is None else max(0.0, now - stats.oldest_ms / 1000)
+            yield GaugeMetricFamily(PREFIX + "spool_oldest_age_seconds",
+                                    "Age of the oldest batch not yet in the database (0 when none).", value=age)
+            yield CounterMetricFamily(PREFIX + "spool_dropped_batches",
+                                      "Batches lost: dropped because the spool reached max_bytes (oldest first), "
+                                      "or not spooled because the disk failed.", value=self.spool.dropped_batches)
+            yield CounterMetricFamily(PREFIX + "batches_rejected",
+                                      "Batches set aside in the spool's rejected.jsonl (unparsable, or refused by "
+                                      "the database for a reason other than being down).",
+                                      value=self.spool.rejected_lines)
+        dropped = CounterMetricFamily(PREFIX + "samples_dropped",
+                                      "Samples the store did not keep: expired (older than retention already "
+                                      "dropped), unstorable (a NUL in a label), nan.", labels=["reason"])
+        counts = self.metrics.store_dropped() if self.metrics.store_dropped else {}
+        for reason in sorted({"expired", "unstorable", "nan", *counts}):
+            dropped.add_metric([reason], counts.get(reason, 0))
+        yield dropped
+        lag = GaugeMetricFamily(PREFIX + "rollup_lag_seconds",
+                                "Now minus the tier's watermark (how far rollups are behind).", labels=["tier"])
+        for tier, watermark in sorted(self.metrics.watermarks().items()):
+            lag.add_metric([tier], max(0.0, now - watermark))
+        yield lag
+        yield InfoMetricFamily(PREFIX + "build", "perfwatch archiver version and the Python it runs on.",
+                               value={"version": __version__, "python_version": platform.python_version()})

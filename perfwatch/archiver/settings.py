@@ -1,0 +1,213 @@
+"""The archiver's config file (YAML), validated like the exporter's: errors name the dotted key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from psycopg.conninfo import conninfo_to_dict
+
+from perfwatch.archiver.policy import Policy
+from perfwatch.archiver.scrape import LABEL_NAME_RE, Target, default_instance
+from perfwatch.archiver.scrapeauth import AuthorizationConfig, BasicAuthConfig, TLSClientConfig, validate_client_auth
+from perfwatch.archiver.spool import DEFAULT_MAX_BYTES
+from perfwatch.common.config import ConfigError, Duration, from_mapping, load_yaml, parse_listen
+
+DEFAULT_PORT = 10281  # the exporter's 10280 + 1
+DEFAULT_JOB = "perfwatch"
+DEFAULT_TIMEOUT = 10.0  # Prometheus' default scrape_timeout (capped at the interval)
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclasses.dataclass
+class TargetSettings:
+    url: str = dataclasses.field(default="", metadata={
+        "help": "URL to scrape; a URL without a path gets /metrics."})
+    job: str = dataclasses.field(default=DEFAULT_JOB, metadata={"help": "The `job` label."})
+    instance: str | None = dataclasses.field(default=None, metadata={
+        "help": "The `instance` label (default: host:port of the URL)."})
+    labels: dict[str, str] = dataclasses.field(default_factory=dict, metadata={
+        "help": "Extra labels for every sample of this target."})
+    scrape_interval: Duration | None = dataclasses.field(default=None, metadata={
+        "help": "How often to scrape (default: the top-level scrape_interval)."})
+    scrape_timeout: Duration | None = dataclasses.field(default=None, metadata={
+        "help": "Give up on a scrape after this long; at most scrape_interval."})
+    basic_auth: BasicAuthConfig | None = dataclasses.field(default=None, metadata={
+        "help": "username and password or password_file, as in Prometheus' scrape_config."})
+    authorization: AuthorizationConfig | None = dataclasses.field(default=None, metadata={
+        "help": "type (Bearer) and credentials or credentials_file."})
+    tls_config: TLSClientConfig | None = dataclasses.field(default=None, metadata={
+        "help": "ca_file, cert_file, key_file, server_name, insecure_skip_verify, min_version."})
+
+    def validate(self, key: str) -> None:
+        validate_client_auth(key, self.basic_auth, self.authorization)
+        if not self.url:
+            raise ConfigError(f"{key}.url", "required: the URL to scrape")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{key}.url", f"{self.url!r} is not an http(s) URL")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as err:
+            raise ConfigError(f"{key}.url", f"{self.url!r}: {err}") from None
+        if not self.job:
+            raise ConfigError(f"{key}.job", "must not be empty")
+        for name in self.labels:
+            if not LABEL_NAME_RE.match(name) or name.startswith("__"):
+                raise ConfigError(f"{key}.labels.{name}", "not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*, no __)")
+            if name in ("job", "instance"):
+                raise ConfigError(f"{key}.labels.{name}", f"set `{name}` with the target's own `{name}` key")
+
+
+@dataclasses.dataclass
+class DatabaseSettings:
+    dsn: str | None = dataclasses.field(default=None, metadata={
+        "help": "PostgreSQL connection string (URI or key=value). Absent: the embedded server under "
+                "data_dir/postgres."})
+    dsn_file: str | None = dataclasses.field(default=None, metadata={
+        "help": "Read the DSN from this file instead (keeps the password out of the config)."})
+    retry_interval: Duration = dataclasses.field(default=Duration(2), metadata={
+        "help": "While the database is unreachable, try again this often (batches wait in the spool)."})
+
+    def validate(self, key: str) -> None:
+        if self.dsn is not None and self.dsn_file is not None:
+            raise ConfigError(f"{key}.dsn_file", "set dsn or dsn_file, not both")
+        if self.dsn is not None:
+            check_dsn(self.dsn, f"{key}.dsn")
+
+    def resolve_dsn(self, key: str = "database") -> str | None:
+        """The DSN to use, reading dsn_file; None means the embedded server."""
+        if self.dsn_file is None:
+            return self.dsn
+        try:
+            dsn = Path(self.dsn_file).read_text().strip()
+        except OSError as err:
+            raise ConfigError(f"{key}.dsn_file", f"cannot read {self.dsn_file}: {err.strerror}") from None
+        check_dsn(dsn, f"{key}.dsn_file")
+        return dsn
+
+
+def check_dsn(dsn: str, key: str) -> None:
+    try:
+        conninfo_to_dict(dsn)
+    except Exception as err:  # psycopg raises ProgrammingError with libpq's words
+        raise ConfigError(key, f"not a PostgreSQL connection string: {err}") from None
+
+
+@dataclasses.dataclass
+class SpoolSettings:
+    max_bytes: int = dataclasses.field(default=DEFAULT_MAX_BYTES, metadata={
+        "help": "Most disk the spool may use; when full, the oldest batches are dropped (logged, counted)."})
+
+    def validate(self, key: str) -> None:
+        if self.max_bytes < 1 << 16:
+            raise ConfigError(f"{key}.max_bytes", "must be at least 65536")
+
+
+@dataclasses.dataclass
+class ScheduleSettings:
+    rollup_interval: Duration = dataclasses.field(default=Duration(60), metadata={
+        "help": "How often to roll raw samples up into the tiers."})
+    retention_interval: Duration = dataclasses.field(default=Duration(3600), metadata={
+        "help": "How often to create partitions ahead and drop expired ones."})
+
+
+@dataclasses.dataclass
+class ArchiverSettings:
+    listen: str = dataclasses.field(default=f":{DEFAULT_PORT}", metadata={
+        "help": "HOST:PORT for the archiver's own /metrics; `:PORT` means every interface."})
+    log_level: LogLevel = dataclasses.field(default="info", metadata={"help": "debug, info, warning or error."})
+    data_dir: str = dataclasses.field(default="data", metadata={
+        "help": "Spool and embedded PostgreSQL live here (relative to the working directory)."})
+    scrape_interval: Duration = dataclasses.field(default=Duration(15), metadata={
+        "help": "Default scrape interval of the targets."})
+    scrape_timeout: Duration | None = dataclasses.field(default=None, metadata={
+        "help": "Default scrape timeout (default: 10s, or the interval if shorter)."})
+    targets: list[TargetSettings] = dataclasses.field(default_factory=list, metadata={
+        "help": "What to scrape."})
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    policy: Policy = dataclasses.field(default_factory=Policy)
+    spool: SpoolSettings = dataclasses.field(default_factory=SpoolSettings)
+    schedule: ScheduleSettings = dataclasses.field(default_factory=ScheduleSettings)
+
+    def validate(self, key: str) -> None:
+        try:
+            parse_listen(self.listen)
+        except ValueError as err:
+            raise ConfigError("listen", str(err)) from None
+        if not self.data_dir:
+            raise ConfigError("data_dir", "must not be empty")
+        if self.scrape_timeout is not None and self.scrape_timeout > self.scrape_interval:
+            raise ConfigError("scrape_timeout", f"{self.scrape_timeout:g}s is longer than scrape_interval "
+                              f"{self.scrape_interval:g}s")
+        seen: dict[tuple[str, str], int] = {}
+        for i, target in enumerate(self.targets):
+            interval = target.scrape_interval or self.scrape_interval
+            timeout = self.timeout_for(target)
+            if timeout > interval:
+                raise ConfigError(f"targets[{i}].scrape_timeout",
+                                  f"{timeout:g}s is longer than the target's scrape interval {interval:g}s")
+            identity = (target.job, self.instance_for(target))
+            if identity in seen:
+                raise ConfigError(f"targets[{i}]", f"same job and instance as targets[{seen[identity]}] "
+                                  f"({identity[0]}, {identity[1]}); set a different `instance`")
+            seen[identity] = i
+
+    def timeout_for(self, target: TargetSettings) -> float:
+        interval = target.scrape_interval or self.scrape_interval
+        return target.scrape_timeout or self.scrape_timeout or min(DEFAULT_TIMEOUT, interval)
+
+    @staticmethod
+    def instance_for(target: TargetSettings) -> str:
+        return target.instance or default_instance(target.url)
+
+    def scrape_targets(self) -> list[Target]:
+        return [
+            Target(url=metrics_url(t.url), job=t.job, instance=self.instance_for(t),
+                   labels=tuple(sorted(t.labels.items())),
+                   interval=float(t.scrape_interval or self.scrape_interval), timeout=float(self.timeout_for(t)),
+                   basic_auth=t.basic_auth, authorization=t.authorization, tls_config=t.tls_config)
+            for t in self.targets
+        ]
+
+
+def metrics_url(url: str) -> str:
+    """Prometheus' default metrics_path: a URL without a path scrapes /metrics."""
+    parts = urlsplit(url)
+    if parts.path in ("", "/"):
+        return urlunsplit(parts._replace(path="/metrics"))
+    return url
+
+
+# Command-line options and the config keys they set, so an error names what the user typed.
+CLI_KEYS = {"listen": "--listen", "data_dir": "--data-dir", "scrape_interval": "--scrape-interval",
+            "database.dsn": "--dsn", "log_level": "--log-level", "targets": "--target"}
+
+
+def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ArchiverSettings:
+    """Read and validate the config file (None: defaults), with command-line `overrides` applied:
+    top-level keys, `database.dsn`, and `targets` as a list of URLs (replacing the file's)."""
+    data = load_yaml(path) if path else {}
+    overrides = overrides or {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "targets":
+            data["targets"] = [{"url": url} for url in value]
+        elif key == "database.dsn":
+            database = data.get("database")
+            database = dict(database) if isinstance(database, dict) else {}
+            database.pop("dsn_file", None)
+            database["dsn"] = value
+            data["database"] = database
+        else:
+            data[key] = value
+    try:
+        return from_mapping(ArchiverSettings, data)
+    except ConfigError as err:
+        for key, flag in CLI_KEYS.items():
+            if overrides.get(key) is not None and (err.key == key or err.key.startswith(key + "[")):
+                raise ConfigError(flag, err.message) from None
+        raise

@@ -1,0 +1,339 @@
+"""A durable, ordered queue of batches on local disk: the archiver's write-ahead log.
+
+Every scraped batch is appended here (one JSON line, flushed and fsynced) before the writer
+sends it to PostgreSQL, and is released only after the store has it. So a database outage, a
+SIGTERM or a SIGKILL loses nothing that was appended, and batches reach the database in the
+order they were scraped; the store's primary key makes a second write of a batch harmless.
+
+On disk, under `directory`: numbered segments `00000001.jsonl`, … and `head` ("<segment>
+<offset>": where the oldest unwritten batch starts). `head` is written by rename without fsync:
+a stale head only means some batches are written twice, which the store ignores. A segment is
+deleted once every batch in it is written. A torn last line (a crash mid-append) is cut off at
+start. A line that does not parse is moved to `rejected.jsonl` and skipped.
+
+Bounded by `max_bytes`: when an append would pass it, the oldest segments are dropped (logged,
+counted) — the newest data is the one still missing from the archive's recent end, and the
+bound exists so a long outage cannot fill the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from perfwatch.archiver.model import Batch
+
+log = logging.getLogger(__name__)
+
+_SEGMENT_RE = re.compile(r"^(\d{8})\.jsonl$")
+DEFAULT_MAX_BYTES = 1 << 30
+MAX_SEGMENT_BYTES = 8 << 20
+_CHUNK = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """The oldest batch in the spool and where it lies."""
+
+    batch: Batch
+    segment: int
+    offset: int
+    end: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SpoolStats:
+    batches: int  # appended, not yet written
+    bytes: int  # their size on disk
+    oldest_ms: int | None  # scrape time of the oldest, None when empty
+
+
+@dataclasses.dataclass
+class _Segment:
+    number: int
+    path: Path
+    size: int
+    lines: int
+
+
+class Spool:
+    def __init__(self, directory: Path | str, max_bytes: int = DEFAULT_MAX_BYTES,
+                 segment_bytes: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes or max(1, min(MAX_SEGMENT_BYTES, max_bytes // 4))
+        self.dropped_batches = 0  # dropped to stay within max_bytes (oldest first), or a failed append
+        self.rejected_lines = 0  # batches set aside in rejected.jsonl (unparsable, or refused by the DB)
+        self._lock = threading.RLock()
+        self._appended = threading.Condition(self._lock)
+        self._segments: list[_Segment] = []
+        self._head_offset = 0  # in self._segments[0]
+        self._head_lines = 0  # lines of self._segments[0] before the head
+        self._peeked: Entry | None = None
+        self._writer: BinaryIO | None = None  # append handle of the last segment
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._open()
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        numbers = sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT_RE.match(p.name)))
+        head_segment, head_offset = self._read_head()
+        for number in numbers:
+            if number < head_segment:  # written before the last run ended, not yet deleted
+                self._path(number).unlink()
+                continue
+            path = self._path(number)
+            self._segments.append(_Segment(number, path, path.stat().st_size, 0))
+        if self._segments:
+            self._repair_torn_tail(self._segments[-1])
+            for segment in self._segments:
+                segment.lines = _count_lines(segment.path)
+            first = self._segments[0]
+            if first.number == head_segment and 0 < head_offset <= first.size:
+                self._head_offset = head_offset
+                self._head_lines = _count_lines(first.path, head_offset)
+        self._next_number = max([head_segment, *numbers]) + 1
+        self._normalise_head()
+        stats = self.stats()
+        if stats.batches:
+            log.info("spool %s holds %d batches (%d bytes) not yet in the database; they are written first",
+                     self.directory, stats.batches, stats.bytes)
+
+    def _read_head(self) -> tuple[int, int]:
+        try:
+            segment, offset = (self.directory / "head").read_text().split()
+            return int(segment), int(offset)
+        except FileNotFoundError:
+            return 0, 0
+        except (OSError, ValueError) as err:
+            log.warning("spool head file %s unreadable (%s); replaying from the first segment",
+                        self.directory / "head", err)
+            return 0, 0
+
+    def _repair_torn_tail(self, segment: _Segment) -> None:
+        with open(segment.path, "rb+") as f:
+            if segment.size == 0:
+                return
+            f.seek(segment.size - 1)
+            if f.read(1) == b"\n":
+                return
+            # Find the last complete line; what follows it is an append a crash cut short.
+            pos = segment.size
+            keep = 0
+            while pos > 0:
+                start = max(0, pos - _CHUNK)
+                f.seek(start)
+                block = f.read(pos - start)
+                newline = block.rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                pos = start
+            f.truncate(keep)
+            os.fsync(f.fileno())
+        log.warning("spool segment %s ended in a torn line (a crash during an append): cut %d bytes",
+                    segment.path, segment.size - keep)
+        segment.size = keep
+
+    # -- appending (scrape threads) --------------------------------------------------------------
+
+    def append(self, batch: Batch) -> bool:
+        """Persist `batch` (fsync) at the end. False if it alone is larger than max_bytes."""
+        line = (batch.to_json() + "\n").encode("utf-8")
+        with self._lock:
+            if len(line) > self.max_bytes:
+                self.dropped_batches += 1
+                log.error("batch of %d samples from %s/%s is %d bytes, more than the spool's max_bytes %d: dropped",
+                          len(batch.samples), batch.job, batch.instance, len(line), self.max_bytes)
+                return False
+            self._make_room(len(line))
+            if not self._segments or self._segments[-1].size >= self.segment_bytes:
+                self._new_segment()
+            segment = self._segments[-1]
+            if self._writer is None:
+                self._writer = open(segment.path, "ab")  # noqa: SIM115 - kept open between appends
+            try:
+                self._writer.write(line)
+                self._writer.flush()
+                os.fsync(self._writer.fileno())
+            except OSError:
+                # Disk full or failing: cut what part of the line got out, so the next append
+                # starts on a line boundary, and let the caller report the lost batch.
+                self.dropped_batches += 1
+                writer, self._writer = self._writer, None  # the next append opens the file afresh
+                with contextlib.suppress(OSError):
+                    # close() flushes what the disk refused once more, fails again and raises;
+                    # the file is closed all the same.
+                    writer.close()
+                os.truncate(segment.path, segment.size)
+                raise
+            segment.size += len(line)
+            segment.lines += 1
+            self._appended.notify_all()
+        return True
+
+    def _make_room(self, size: int) -> None:
+        while self._segments and self._pending_bytes() + size > self.max_bytes:
+            oldest = self._segments[0]
+            lost = oldest.lines - self._head_lines
+            self.dropped_batches += lost
+            log.error("spool %s is full (max_bytes %d): dropped its oldest %d batches (%d bytes, segment %s)",
+                      self.directory, self.max_bytes, lost, oldest.size - self._head_offset, oldest.path.name)
+            self._drop_first()
+            self._write_head()
+
+    def _new_segment(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        number = self._next_number
+        self._next_number += 1
+        path = self._path(number)
+        path.touch()
+        _fsync_dir(self.directory)  # so the new segment's name survives a crash too
+        self._segments.append(_Segment(number, path, 0, 0))
+        self._normalise_head()
+
+    # -- consuming (the writer thread) -----------------------------------------------------------
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a batch is pending (True) or `timeout` passes (False)."""
+        with self._lock:
+            return self._appended.wait_for(self._has_pending, timeout)
+
+    def peek(self) -> Entry | None:
+        """The oldest batch not yet written, or None. Unparsable lines are moved aside."""
+        with self._lock:
+            while True:
+                if self._peeked is not None:
+                    return self._peeked
+                if not self._has_pending():
+                    return None
+                segment = self._segments[0]
+                with open(segment.path, "rb") as f:
+                    f.seek(self._head_offset)
+                    raw = f.readline()
+                if not raw:
+                    # The file is shorter than what we appended: changed underneath us. Believe
+                    # the disk and move on, rather than reading the same nothing forever.
+                    log.error("spool segment %s ends at %d, before the %d bytes written to it; continuing after it",
+                              segment.path, self._head_offset, segment.size)
+                    segment.size = self._head_offset
+                    segment.lines = self._head_lines
+                    self._normalise_head()
+                    continue
+                end = self._head_offset + len(raw)
+                try:
+                    batch = Batch.from_json(raw.decode("utf-8"))
+                except (ValueError, KeyError, TypeError, IndexError) as err:
+                    self._set_aside(raw, f"segment {segment.path.name} offset {self._head_offset}: {err}")
+                    self._advance(segment.number, end)
+                    continue
+                self._peeked = Entry(batch, segment.number, self._head_offset, end)
+
+    def commit(self, entry: Entry) -> None:
+        """`entry` is in the database: release it (unless dropped meanwhile to make room)."""
+        with self._lock:
+            self._advance(entry.segment, entry.end, expected_offset=entry.offset)
+
+    def _advance(self, segment: int, end: int, expected_offset: int | None = None) -> None:
+        if not self._segments or self._segments[0].number != segment:
+            return
+        if expected_offset is not None and expected_offset != self._head_offset:
+            return
+        self._head_offset = end
+        self._head_lines += 1
+        self._peeked = None
+        self._normalise_head()
+        self._write_head()
+
+    def reject(self, entry: Entry, reason: str) -> None:
+        """The database refuses `entry` for good: keep it in rejected.jsonl and move past it."""
+        with self._lock:
+            self._set_aside((entry.batch.to_json() + "\n").encode("utf-8"), reason)
+            self._advance(entry.segment, entry.end, expected_offset=entry.offset)
+
+    def _set_aside(self, raw: bytes, reason: str) -> None:
+        self.rejected_lines += 1
+        path = self.directory / "rejected.jsonl"
+        with open(path, "ab") as f:
+            f.write(raw if raw.endswith(b"\n") else raw + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        log.error("spool %s: set a batch aside in %s (%s)", self.directory, path, reason)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            batches = sum(s.lines for s in self._segments) - self._head_lines
+            oldest = None
+            if batches:
+                entry = self.peek()
+                oldest = entry.batch.scraped_at_ms if entry else None
+            return SpoolStats(batches, self._pending_bytes(), oldest)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    def _has_pending(self) -> bool:
+        return bool(self._segments) and (self._head_offset < self._segments[0].size or len(self._segments) > 1)
+
+    def _pending_bytes(self) -> int:
+        return sum(s.size for s in self._segments) - self._head_offset
+
+    def _normalise_head(self) -> None:
+        """Delete finished segments other than the one being appended to."""
+        while len(self._segments) > 1 and self._head_offset >= self._segments[0].size:
+            self._drop_first()
+
+    def _drop_first(self) -> None:
+        first = self._segments.pop(0)
+        if self._writer is not None and not self._segments:
+            self._writer.close()
+            self._writer = None
+        first.path.unlink(missing_ok=True)
+        self._head_offset = 0
+        self._head_lines = 0
+        self._peeked = None
+
+    def _write_head(self) -> None:
+        segment = self._segments[0].number if self._segments else self._next_number - 1
+        tmp = self.directory / "head.tmp"
+        tmp.write_text(f"{segment} {self._head_offset}\n")
+        tmp.replace(self.directory / "head")
+
+    def _path(self, number: int) -> Path:
+        return self.directory / f"{number:08d}.jsonl"
+
+
+def _count_lines(path: Path, limit: int | None = None) -> int:
+    count = 0
+    remaining = limit
+    with open(path, "rb") as f:
+        while remaining is None or remaining > 0:
+            block = f.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
+            if not block:
+                break
+            count += block.count(b"\n")
+            if remaining is not None:
+                remaining -= len(block)
+    return count
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,290 @@
+"""Store: write scraped batches into the archive (the `store` step of scrape → spool → store).
+
+One batch is one transaction. The metric and series ids are cached in memory (a cache entry is
+added only after its transaction commits, so a failed write leaves the cache consistent); samples
+go by psycopg 3 COPY on the pooled connection:
+
+* fast path: COPY straight into perfwatch.sample;
+* a replayed batch (some rows already stored) fails there on the primary key, and is written
+  again as COPY into a temporary staging table + INSERT ... ON CONFLICT DO NOTHING. Replays are
+  rare (after an outage), so the common case pays nothing for idempotency.
+
+What is not stored, counted in `Store.dropped` by reason:
+* `nan`: NaN is Prometheus' staleness marker, not a value;
+* `expired`: older than what retention already dropped (storing it would bring back part of a
+  dropped period that the first tier has already summarised without it);
+* `unstorable`: a label name or value PostgreSQL cannot hold (a NUL character).
+
+Samples older than the first tier's watermark (a replayed spool) are stored and their range
+noted for the rollup to redo (perfwatch.rollup_dirty).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import math
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from perfwatch.archiver import db
+from perfwatch.archiver.model import Batch, MetricMeta, Sample
+
+log = logging.getLogger(__name__)
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LAST_SEEN_REFRESH_MS = 3_600_000  # series.last_seen is refreshed at most hourly per series
+COPY_TYPES = ["int4", "timestamptz", "float8"]
+BEGIN_WRITE = sa.select(sa.literal_column("*")).select_from(db.fn("begin_write").alias("f"))
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class _SeriesEntry:
+    __slots__ = ("id", "last_seen_ms")
+
+    def __init__(self, series_id: int, last_seen_ms: int) -> None:
+        self.id = series_id
+        self.last_seen_ms = last_seen_ms
+
+
+class Store:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._metrics: dict[str, tuple[int, MetricMeta]] = {}
+        self._series: dict[SeriesKey, _SeriesEntry] = {}
+        self._partitions: set[int] = set()  # raw partition numbers (start // width) known to exist
+        self._partition_ms: int | None = None
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.replayed_batches = 0  # batches that met rows already stored
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def write(self, batch: Batch) -> int:
+        """Store `batch`; return the number of samples inserted (0 for a batch stored before).
+
+        Raises db.DatabaseUnavailable when PostgreSQL cannot be reached; nothing is stored then,
+        and writing the same batch again later is safe.
+        """
+        samples = [s for s in batch.samples if not math.isnan(s.value)]
+        self.dropped["nan"] += len(batch.samples) - len(samples)
+        if not samples:
+            return 0
+        target = f"{batch.job}/{batch.instance}"
+        with db.unavailable_as(f"writing the batch of {target}"):
+            for attempt in range(3):
+                drops: dict[str, tuple[int, str]] = {}
+                try:
+                    inserted = self._write(batch, samples, drops, staged=attempt > 0)
+                except psycopg.errors.UniqueViolation:
+                    # Some rows are stored already: a replay. Again, idempotently.
+                    self.replayed_batches += 1
+                    log.debug("batch of %s at %d is (partly) stored already; writing it idempotently",
+                              target, batch.scraped_at_ms)
+                except psycopg.errors.TransactionRollback as err:
+                    # Lost a lock race with a rollup or retention pass: nothing was stored; again.
+                    log.info("writing the batch of %s lost a lock race (%s); writing it again",
+                             target, type(err).__name__)
+                except psycopg.errors.CheckViolation as err:
+                    if "no partition" not in str(err):
+                        raise
+                    # A partition we remembered is gone (dropped by hand?): forget them and retry.
+                    log.warning("partition missing for the batch of %s (%s); creating it again", target, err)
+                    self._partitions.clear()
+                else:
+                    for reason, (count, why) in drops.items():
+                        self.dropped[reason] += count
+                        log.warning("dropped %d samples of %s: %s", count, target, why)
+                    return inserted
+            raise RuntimeError(f"could not write the batch of {target}")
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _write(self, batch: Batch, samples: list[Sample], drops: dict[str, tuple[int, str]], *,
+               staged: bool) -> int:
+        new_metrics: dict[str, tuple[int, MetricMeta]] = {}
+        new_series: dict[SeriesKey, _SeriesEntry] = {}
+        refreshed: list[_SeriesEntry] = []
+        new_partitions: set[int] = set()
+        with self.engine.connect() as conn:
+            try:
+                with conn.begin():
+                    guard = conn.execute(BEGIN_WRITE).one()
+                    refuse_ms = _to_ms(guard.refuse_before)
+                    if refuse_ms is not None:
+                        kept = [s for s in samples if s.timestamp_ms >= refuse_ms]
+                        if len(kept) < len(samples):
+                            before = f"{guard.refuse_before:%Y-%m-%d %H:%M:%S}Z"
+                            drops["expired"] = (len(samples) - len(kept), f"older than {before} (retention dropped it)")
+                        samples = kept
+                    rows = self._resolve(conn, batch, samples, drops, new_metrics, new_series, refreshed)
+                    if not rows:
+                        return 0
+                    new_partitions = self._ensure_partitions(conn, rows)
+                    lo_ms, hi_ms = min(r[1] for r in rows), max(r[1] for r in rows)
+                    inserted = self._copy(conn, rows, staged=staged)
+                    if inserted and guard.first_watermark is not None and lo_ms < _to_ms(guard.first_watermark):
+                        conn.execute(sa.select(db.fn("note_late", guard.first_tier, _ts(lo_ms), _ts(hi_ms))))
+            except Exception:
+                if conn.connection.dbapi_connection is not None and conn.connection.dbapi_connection.closed:
+                    conn.invalidate()
+                raise
+        # Committed: only now may the caches learn the new ids.
+        self._metrics.update(new_metrics)
+        self._series.update(new_series)
+        for entry in refreshed:
+            entry.last_seen_ms = batch.scraped_at_ms
+        self._partitions |= new_partitions
+        return inserted
+
+    def _resolve(self, conn: sa.Connection, batch: Batch, samples: list[Sample], drops: dict[str, tuple[int, str]],
+                 new_metrics: dict[str, tuple[int, MetricMeta]], new_series: dict[SeriesKey, _SeriesEntry],
+                 refreshed: list[_SeriesEntry]) -> list[tuple[int, int, float]]:
+        """(series id, ms, value) for each sample, creating metrics and series as needed.
+
+        The hot path: one pass over the samples and a dictionary lookup each."""
+        series = self._series
+        rows = []
+        missing: dict[SeriesKey, int] = {}  # key → first ms in this batch
+        stale: set[_SeriesEntry] = set()
+        refresh_before = batch.scraped_at_ms - LAST_SEEN_REFRESH_MS
+        for s in samples:
+            key = (s.name, s.labels)
+            entry = series.get(key)
+            if entry is None:
+                if key not in missing or s.timestamp_ms < missing[key]:
+                    missing[key] = s.timestamp_ms
+                continue
+            rows.append((entry.id, s.timestamp_ms, s.value))
+            if entry.last_seen_ms <= refresh_before:
+                stale.add(entry)
+        metrics = self._metrics
+        changed = {name: meta for name, meta in batch.metadata.items()
+                   if (known := metrics.get(name)) is None or known[1] != meta}
+        for name, _ in missing:
+            if name not in metrics and name not in changed:
+                changed[name] = batch.metadata.get(name) or _guess_meta(name)
+        if changed:
+            new_metrics.update(self._upsert_metrics(conn, changed))
+        if missing:
+            unstorable = sorted(key for key in missing if not _storable(key))
+            for key in unstorable:
+                del missing[key]
+            if missing:
+                new_series.update(self._upsert_series(conn, missing, {**metrics, **new_metrics}))
+                for s in samples:
+                    entry = new_series.get((s.name, s.labels))
+                    if entry is not None:
+                        rows.append((entry.id, s.timestamp_ms, s.value))
+            if unstorable:
+                skipped = sum(1 for s in samples if (s.name, s.labels) in set(unstorable))
+                drops["unstorable"] = (skipped, "a label name or value holds a NUL character or invalid unicode, "
+                                       f"which PostgreSQL cannot store (metric {unstorable[0][0]})")
+        if stale:
+            ids = sorted(e.id for e in stale)
+            conn.execute(sa.update(db.series).where(db.series.c.id.in_(ids))
+                         .values(last_seen=sa.func.greatest(db.series.c.last_seen, _ts(batch.scraped_at_ms))))
+            refreshed.extend(stale)
+        return rows
+
+    def _upsert_metrics(self, conn: sa.Connection, metas: dict[str, MetricMeta]) -> dict[str, tuple[int, MetricMeta]]:
+        rows = [{"name": m.name, "kind": m.kind, "family_type": m.family_type,
+                 "help": _clean_text(m.help), "unit": _clean_text(m.unit)} for m in metas.values()]
+        insert = pg.insert(db.metric).values(rows)
+        c = db.metric.c
+        conn.execute(insert.on_conflict_do_update(
+            index_elements=[c.name],
+            set_={"kind": insert.excluded.kind, "family_type": insert.excluded.family_type,
+                  "help": insert.excluded.help, "unit": insert.excluded.unit, "updated_at": sa.func.now()},
+            where=sa.tuple_(c.kind, c.family_type, c.help, c.unit).is_distinct_from(
+                sa.tuple_(insert.excluded.kind, insert.excluded.family_type, insert.excluded.help,
+                          insert.excluded.unit))))
+        ids = {name: id_ for name, id_ in conn.execute(sa.select(c.name, c.id).where(c.name.in_(list(metas))))}
+        return {name: (ids[name], meta) for name, meta in metas.items()}
+
+    def _upsert_series(self, conn: sa.Connection, missing: dict[SeriesKey, int],
+                       metrics: dict[str, tuple[int, MetricMeta]]) -> dict[SeriesKey, _SeriesEntry]:
+        by_db_key: dict[tuple[int, tuple[tuple[str, str], ...]], SeriesKey] = {}
+        rows = []
+        for key, first_ms in missing.items():
+            name, labels = key
+            metric_id = metrics[name][0]
+            by_db_key[(metric_id, tuple(sorted(labels)))] = key
+            seen = _ts(first_ms)
+            rows.append({"metric_id": metric_id, "labels": dict(labels), "first_seen": seen, "last_seen": seen})
+        insert = pg.insert(db.series).values(rows)
+        c = db.series.c
+        # DO UPDATE (not DO NOTHING) so that RETURNING gives the ids of series that already existed.
+        result = conn.execute(insert.on_conflict_do_update(
+            index_elements=[c.metric_id, c.labels_hash],
+            set_={"last_seen": sa.func.greatest(c.last_seen, insert.excluded.last_seen)},
+        ).returning(c.id, c.metric_id, c.labels, c.last_seen))
+        entries = {}
+        for series_id, metric_id, labels, last_seen in result:
+            key = by_db_key[(metric_id, tuple(sorted(labels.items())))]
+            entries[key] = _SeriesEntry(series_id, _to_ms(last_seen) or 0)
+        return entries
+
+    def _ensure_partitions(self, conn: sa.Connection, rows: list[tuple[int, int, float]]) -> set[int]:
+        if self._partition_ms is None:
+            width = conn.execute(sa.select(db.tier.c.partition_width).where(db.tier.c.name == "raw")).scalar_one()
+            self._partition_ms = int(width.total_seconds() * 1000)
+        width_ms = self._partition_ms
+        needed = {ms // width_ms for ms in {r[1] for r in rows}} - self._partitions
+        for number in sorted(needed):
+            conn.execute(sa.select(db.fn("ensure_partition", "raw", _ts(number * width_ms))))
+        return needed
+
+    def _copy(self, conn: sa.Connection, rows: list[tuple[int, int, float]], *, staged: bool) -> int:
+        # Binary COPY: psycopg's C code packs the rows, the server parses no text, and a double
+        # travels as its 8 bytes (exact, infinities included).
+        stamps = {ms: EPOCH + dt.timedelta(milliseconds=ms) for ms in {r[1] for r in rows}}  # a scrape shares a few
+        cur = db.psycopg_connection(conn).cursor()
+        if staged:
+            cur.execute(db.sql_text("store_stage_create"))
+        with cur.copy(db.sql_text("store_stage_copy" if staged else "store_copy_sample")) as copy:
+            copy.set_types(COPY_TYPES)
+            for series_id, ms, value in rows:
+                copy.write_row((series_id, stamps[ms], value))
+        if not staged:
+            return len(rows)
+        cur.execute(db.sql_text("store_stage_merge"))
+        return cur.rowcount
+
+
+def _guess_meta(name: str) -> MetricMeta:
+    # A sample without metadata (should not happen with archiver.scrape): decide by name, as Prometheus does.
+    counter = name.endswith(("_total", "_bucket", "_count", "_sum"))
+    return MetricMeta(name, "counter" if counter else "gauge", "unknown")
+
+
+def _storable(key: SeriesKey) -> bool:
+    name, labels = key
+    for text in (name, *(x for pair in labels for x in pair)):
+        if "\x00" in text:
+            return False
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates
+            return False
+    return True
+
+
+def _clean_text(text: str) -> str:
+    # HELP and unit are descriptions, not identity: drop what PostgreSQL cannot store rather than the sample.
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def _ts(ms: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(milliseconds=ms)
+
+
+def _to_ms(value: Any) -> int | None:
+    if value is None:
+        return None
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000

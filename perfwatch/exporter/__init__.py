@@ -1,0 +1,1 @@
+"""perfwatch exporter: host (psutil, /proc, /sys) and perf-event metrics for Prometheus."""

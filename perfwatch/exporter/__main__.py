@@ -1,0 +1,3 @@
+from perfwatch.exporter.cli import main
+
+raise SystemExit(main())

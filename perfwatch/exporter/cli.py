@@ -1,0 +1,95 @@
+"""`perfwatch-exporter`: serve host and perf-event metrics for Prometheus."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from perfwatch import __version__
+from perfwatch.common.config import ConfigError, parse_listen
+from perfwatch.common.httpserver import WebServer, metrics_handler, service_routes, stop_on_signals
+from perfwatch.common.logs import LEVELS, setup_logging
+from perfwatch.common.webconfig import load_web_config
+from perfwatch.exporter.collectors import REGISTRY, Collector
+from perfwatch.exporter.scrape import CollectorSet, build_registry, render
+from perfwatch.exporter.settings import DEFAULT_PORT, load_settings
+
+log = logging.getLogger("perfwatch.exporter")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perfwatch-exporter",
+        description="Expose host metrics (psutil, /proc, /sys) and Linux perf-event counters "
+        "on /metrics for Prometheus.",
+        epilog="Command-line options override the config file. Every config key is documented "
+        "in README.md (Configuration).",
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help=f"address to serve on (default: the config's listen, else :{DEFAULT_PORT}, "
+                        "every IPv4 interface; [::]:PORT for IPv6 too)")
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (collectors and their options)")
+    parser.add_argument("--web-config", "--web.config.file", metavar="FILE", dest="web_config",
+                        help="TLS and basic-auth config in exporter-toolkit's web-config.yml format "
+                        "(the file node_exporter reads; see README, Authentication and TLS)")
+    parser.add_argument("--log-level", choices=LEVELS,
+                        help="log verbosity (default: the config's log_level, else info)")
+    parser.add_argument("--list-collectors", action="store_true",
+                        help="print every collector, whether it is enabled, and exit")
+    parser.add_argument("--version", action="version", version=f"perfwatch-exporter {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings, collector_settings = load_settings(args.config)
+        listen = args.listen or settings.listen
+        try:
+            host, port = parse_listen(listen)
+        except ValueError as err:
+            raise ConfigError("--listen" if args.listen else "listen", str(err)) from None
+        web_config = load_web_config(args.web_config) if args.web_config else None
+    except ConfigError as err:
+        print(f"perfwatch-exporter: config error: {err}", file=sys.stderr)
+        return 2
+
+    if args.list_collectors:
+        for name, entry in collector_settings.items():
+            state = "enabled " if entry.enabled else "disabled"
+            print(f"{name:<12} {state}  {REGISTRY[name].description}")
+        return 0
+
+    setup_logging(args.log_level or settings.log_level)
+    paths = settings.paths
+    paths.apply_to_psutil()
+
+    collectors: list[Collector] = [
+        REGISTRY[name](entry.options, paths) for name, entry in collector_settings.items() if entry.enabled
+    ]
+    collector_set = CollectorSet(collectors)
+    registry = build_registry(collector_set, version=__version__)
+    routes = service_routes("perfwatch exporter", __version__, metrics_handler(registry, render))
+    try:
+        server = WebServer(host, port, routes, server_name=f"perfwatch-exporter/{__version__}",
+                           web_config=web_config)
+    except OSError as err:
+        log.error("cannot listen on %s: %s", listen, err.strerror or err)
+        collector_set.close()
+        return 1
+
+    stop = stop_on_signals(log)
+    server.start()
+    enabled = [c.name for c in collectors]
+    disabled = [n for n, e in collector_settings.items() if not e.enabled]
+    log.info("perfwatch-exporter %s listening on %s://%s:%d", __version__, server.scheme, host, server.port)
+    if web_config is not None:
+        log.info("web config %s: %s", args.web_config, web_config.describe())
+    log.info("collectors enabled: %s; disabled: %s", ", ".join(enabled) or "none", ", ".join(disabled) or "none")
+    stop.wait()
+    server.stop()
+    collector_set.close()
+    log.info("stopped")
+    return 0

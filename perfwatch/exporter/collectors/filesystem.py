@@ -1,0 +1,210 @@
+"""Filesystem size, free space and inodes per mount point (mount table + statvfs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client.core import Metric
+
+from perfwatch.common.config import Duration, Regex
+from perfwatch.exporter.collectors.base import Collector, HostPaths, gauge, read_text, register
+
+log = logging.getLogger(__name__)
+
+# The mount table escapes space, tab, newline and backslash as octal (\040 \011 \012 \134).
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def unescape(field: str) -> str:
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    device: str
+    mountpoint: str
+    fstype: str
+    options: str
+
+
+def parse_mounts(text: str) -> list[Mount]:
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            mounts.append(Mount(unescape(fields[0]), unescape(fields[1]), fields[2], fields[3]))
+    return mounts
+
+
+class _Batch:
+    """One scrape's statvfs calls, handed to the worker thread."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self.results: dict[str, os.statvfs_result | OSError] = {}
+        self.current: str | None = None  # the path the worker is in statvfs() of
+        self.abandoned = False
+        self.done = threading.Event()
+
+
+class StatvfsRunner:
+    """statvfs() with a deadline, so that a hung mount (NFS server gone) cannot hang the scrape.
+
+    The calls run one after another in a daemon worker thread; the scrape waits at most `timeout`
+    for the batch. If the deadline passes, the mount the worker is stuck on is remembered as hung
+    and the worker abandoned (a daemon thread: it cannot block the exporter's exit); the next scrape
+    gets a fresh worker and skips the hung mount until the abandoned call returns. A hung mount
+    costs one timeout once, one blocked thread, and a device error for as long as it hangs. One
+    thread for the batch, not one per call, keeps the usual case to a single thread hand-off.
+    """
+
+    def __init__(self, timeout: float, statvfs: Callable[[str], os.statvfs_result] = os.statvfs) -> None:
+        self.timeout = timeout
+        self.statvfs = statvfs
+        self.hung: set[str] = set()
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Batch | None] | None = None
+
+    def run(self, paths: Sequence[str]) -> dict[str, os.statvfs_result | OSError | None]:
+        """path → its statvfs result, the OSError it raised, or None (hung, or not reached in time)."""
+        with self._lock:
+            batch = _Batch([p for p in dict.fromkeys(paths) if p not in self.hung])
+        if batch.paths:
+            if self._queue is None:
+                self._queue = queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._queue,), name="statvfs", daemon=True).start()
+            self._queue.put(batch)
+            if not batch.done.wait(self.timeout):
+                with self._lock:
+                    batch.abandoned = True
+                    # The next scrape starts a new worker. This one ends at its next look at the
+                    # batch, or, if the hung call was the batch's last, at this None.
+                    self._queue.put(None)
+                    self._queue = None
+                    if batch.current is not None:
+                        self.hung.add(batch.current)
+                        log.warning("statvfs of %s did not return within %.1fs: reporting a device error "
+                                    "for it until it does", batch.current, self.timeout)
+        with self._lock:
+            return {p: batch.results.get(p) for p in paths}
+
+    def _serve(self, requests: queue.SimpleQueue[_Batch | None]) -> None:
+        while (batch := requests.get()) is not None:
+            for path in batch.paths:
+                with self._lock:
+                    if batch.abandoned:
+                        return
+                    batch.current = path
+                try:
+                    result: os.statvfs_result | OSError = self.statvfs(path)
+                except OSError as err:
+                    result = err
+                with self._lock:
+                    batch.results[path] = result
+                    batch.current = None
+                    if path in self.hung:
+                        self.hung.discard(path)
+                        log.info("statvfs of %s returned: reporting it again", path)
+            batch.done.set()
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+            self._queue = None
+
+
+@dataclasses.dataclass
+class FilesystemOptions:
+    mount_points_exclude: Regex = dataclasses.field(
+        default=Regex(r"/(dev|proc|run|sys|mnt|media|var/lib/docker/.+|var/lib/containers/storage/.+)($|/).*"),
+        metadata={"help": "Mount points not reported (anchored regex). The default, node_exporter's, hides "
+                          "/dev, /proc, /run, /sys, /mnt, /media and container storage."})
+    fs_types_exclude: Regex = dataclasses.field(
+        default=Regex(r"autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|efivarfs|fusectl|"
+                      r"hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|ramfs|rpc_pipefs|securityfs|"
+                      r"selinuxfs|squashfs|sysfs|tracefs"),
+        metadata={"help": "Filesystem types not reported (anchored regex): pseudo filesystems and read-only "
+                          "images. tmpfs is kept, as node_exporter does: a full /tmp is worth an alert."})
+    statvfs_timeout: Duration = dataclasses.field(default=Duration(5), metadata={
+        "help": "How long a scrape waits for statvfs() of the mounts before reporting the one that "
+                "hangs (a dead NFS server) as a device error and skipping it until it returns."})
+
+
+@register
+class FilesystemCollector(Collector):
+    name = "filesystem"
+    description = "Filesystem size, free and available bytes, inodes, read-only flag, per mount point."
+    Options = FilesystemOptions
+
+    def __init__(self, options: FilesystemOptions, paths: HostPaths) -> None:
+        super().__init__(options, paths)
+        self.mount_points_exclude = options.mount_points_exclude.compiled
+        self.fs_types_exclude = options.fs_types_exclude.compiled
+        self.runner = StatvfsRunner(options.statvfs_timeout)
+        self.failing: set[str] = set()  # mount points whose statvfs() failed last time
+
+    def mounts(self) -> list[Mount]:
+        """The host's mounts (init's mount namespace when we can see it), excluded ones left out."""
+        try:
+            text = read_text(self.paths.proc("1", "mounts"))
+        except OSError:
+            text = read_text(self.paths.proc("self", "mounts"))
+        seen = set()
+        out = []
+        for mount in parse_mounts(text):
+            key = (mount.device, mount.mountpoint)
+            if key in seen or self.fs_types_exclude.match(mount.fstype) \
+                    or self.mount_points_exclude.match(mount.mountpoint):
+                continue
+            seen.add(key)
+            out.append(mount)
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        mounts = self.mounts()
+        # Forget failures of mounts that went away: over months, containers and automounts come
+        # and go, and a set that only grows is a leak.
+        self.failing &= {m.mountpoint for m in mounts}
+        rootfs = self.paths.rootfs
+        paths = [os.path.join(rootfs, m.mountpoint.lstrip("/")) for m in mounts]
+        stats = self.runner.run(paths)
+        labels = ["device", "mountpoint", "fstype"]
+        size = gauge("filesystem_size_bytes", "Filesystem size.", labels=labels)
+        free = gauge("filesystem_free_bytes", "Free bytes, including those reserved for root.", labels=labels)
+        avail = gauge("filesystem_avail_bytes", "Free bytes available to unprivileged users.", labels=labels)
+        files = gauge("filesystem_files", "Inodes (file nodes) in total.", labels=labels)
+        files_free = gauge("filesystem_files_free", "Free inodes.", labels=labels)
+        readonly = gauge("filesystem_readonly", "1 if the filesystem is mounted read-only.", labels=labels)
+        error = gauge("filesystem_device_error", "1 if statvfs() failed or hung for this filesystem.",
+                      labels=labels)
+        for mount, path in zip(mounts, paths, strict=True):
+            st = stats[path]
+            values = [mount.device, mount.mountpoint, mount.fstype]
+            if not isinstance(st, os.statvfs_result):
+                # Logged when a mount starts failing, not at every scrape (hangs: by the runner).
+                if isinstance(st, OSError) and mount.mountpoint not in self.failing:
+                    log.warning("statvfs of %s (%s on %s) failed: %s; reporting perfwatch_filesystem_device_error 1",
+                                path, mount.fstype, mount.device, st.strerror or st)
+                self.failing.add(mount.mountpoint)
+                error.add_metric(values, 1.0)
+                continue
+            if mount.mountpoint in self.failing:
+                self.failing.discard(mount.mountpoint)
+                log.info("statvfs of %s works again", path)
+            error.add_metric(values, 0.0)
+            size.add_metric(values, float(st.f_blocks * st.f_frsize))
+            free.add_metric(values, float(st.f_bfree * st.f_frsize))
+            avail.add_metric(values, float(st.f_bavail * st.f_frsize))
+            files.add_metric(values, float(st.f_files))
+            files_free.add_metric(values, float(st.f_ffree))
+            readonly.add_metric(values, 1.0 if st.f_flag & os.ST_RDONLY else 0.0)
+        yield from (size, free, avail, files, files_free, readonly, error)
+
+    def close(self) -> None:
+        self.runner.close()

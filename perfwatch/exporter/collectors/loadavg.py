@@ -1,0 +1,23 @@
+"""Load averages, from /proc/loadavg."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
+
+from perfwatch.exporter.collectors.base import Collector, gauge, parsing, read_text, register
+
+
+@register
+class LoadavgCollector(Collector):
+    name = "loadavg"
+    description = "Load averages over 1, 5 and 15 minutes."
+
+    def collect(self) -> Iterator[Metric]:
+        path = self.paths.proc("loadavg")
+        with parsing(path):
+            loads = [float(field) for field in read_text(path).split()[:3]]
+            for minutes, load in zip((1, 5, 15), loads, strict=True):
+                yield gauge(f"load{minutes}", f"{minutes}-minute load average (runnable and uninterruptible tasks).",
+                            load)
