@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from support.archive import batches, login_as, ms, synthetic
 
 from perfwatch.archiver import db
-from perfwatch.archiver.migrate import MIGRATIONS_DIR, apply_migrations
+from perfwatch.archiver.migrate import SCHEMA_DIR, apply_migrations
 from perfwatch.archiver.model import Batch, MetricMeta, Sample
 from perfwatch.archiver.policy import Policy, mirror_policy
 from perfwatch.archiver.retention import run_retention
@@ -107,7 +107,7 @@ def test_grafana_holding_the_old_advisory_locks_holds_nothing_back(archive: sa.E
     """A read-only Grafana session holds every advisory lock the archive used to take; migrations,
     writes, rollups and retention all go on."""
     migrations = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, migrations)
+    shutil.copytree(SCHEMA_DIR, migrations)
     # A file to apply, so that the migration lock is taken.
     (migrations / "0099_more.sql").write_text("CREATE TABLE perfwatch.more (a int);\n")
     name, labels = "late_gauge", (("instance", "host:1"), ("job", "synthetic"))
@@ -139,7 +139,7 @@ def test_a_first_tier_rollup_waits_for_a_write_in_progress(archive: sa.Engine, p
     moving the watermark past its samples in between would miss them for good (they would be
     neither rolled up nor noted as late). The rollup must wait for the write to commit."""
     with archive.connect() as conn:
-        series_id = conn.execute(sa.select(db.series.c.id).order_by(db.series.c.id)).scalars().first()
+        series_id = conn.execute(sa.text("SELECT min(id) FROM perfwatch.series")).scalar()
     writer = psycopg.connect(pg_dsn)
     guard = writer.execute("SELECT * FROM perfwatch.begin_write()").fetchone()
     assert guard is not None and guard[2] is None  # nothing rolled up yet: a sample now is not late

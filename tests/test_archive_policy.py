@@ -69,11 +69,10 @@ def test_errors_name_the_key(policy: dict[str, Any], key: str, message: str) -> 
 
 
 def mirrored(engine: sa.Engine) -> list[tuple[int, str, float, float]]:
-    p = db.archive_policy.c
     with engine.connect() as conn:
         return [(level, tier, res.total_seconds(), ret.total_seconds())
-                for level, tier, res, ret in conn.execute(sa.select(p.level, p.tier, p.resolution, p.retention)
-                                                          .order_by(p.level))]
+                for level, tier, res, ret in conn.execute(sa.text(
+                    "SELECT level, tier, resolution, retention FROM perfwatch.archive_policy ORDER BY level"))]
 
 
 def test_the_database_mirrors_the_active_policy(pg_dsn: str) -> None:
@@ -91,15 +90,14 @@ def test_the_database_mirrors_the_active_policy(pg_dsn: str) -> None:
     mirror_policy(engine, changed)
     assert mirrored(engine) == changed.levels()
     assert [t.name for t in changed.tiers] == ["5m", "1h30m", "1w"]
-    last = db.archive_policy.c
     with engine.connect() as conn:
         # the 5m tier's last run survives the change
-        assert conn.execute(sa.select(sa.column("last_rollup_at")).select_from(db.archive_policy)
-                            .where(last.tier == "5m")).scalar() == dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+        assert conn.execute(sa.text("SELECT last_rollup_at FROM perfwatch.archive_policy WHERE tier = '5m'")
+                            ).scalar() == dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     mirror_policy(engine, Policy(tiers=[Tier(Duration(90), Duration(30 * 86400))]))
     with engine.connect() as conn:
         # the tables of tiers no longer in the policy stay (with their data)
-        assert set(conn.execute(sa.select(db.tier.c.table_name)).scalars()) == {
+        assert set(conn.execute(sa.text("SELECT table_name FROM perfwatch.tier")).scalars()) == {
             "sample", "rollup_5m", "rollup_1h", "rollup_1h30m", "rollup_1w", "rollup_1m30s"}
     mirror_policy(engine, policy)
     with pytest.raises(ConfigError, match="whole multiple"):

@@ -57,8 +57,8 @@ def tier_rows(engine: sa.Engine, table: str) -> dict[tuple[int, int], Stats]:
 
 def series_ids(engine: sa.Engine) -> dict[tuple[str, tuple[tuple[str, str], ...]], int]:
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(db.series.c.id, db.metric.c.name, db.series.c.labels)
-                            .join(db.metric, db.metric.c.id == db.series.c.metric_id))
+        rows = conn.execute(sa.text("SELECT s.id, m.name, s.labels FROM perfwatch.series s"
+                                    " JOIN perfwatch.metric m ON m.id = s.metric_id"))
         return {(name, tuple(sorted(labels.items()))): sid for sid, name, labels in rows}
 
 

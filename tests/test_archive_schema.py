@@ -5,6 +5,7 @@ reads and cannot change anything."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -16,15 +17,15 @@ from support.archive import batches, login_as, synthetic
 from support.postgres import PostgresServer
 
 from perfwatch.archiver import db
-from perfwatch.archiver.migrate import MIGRATIONS_DIR, MigrationError, apply_migrations
+from perfwatch.archiver.migrate import FUNCTIONS_DIR, SCHEMA_DIR, MigrationError, apply_migrations
 from perfwatch.archiver.policy import Policy, mirror_policy
 from perfwatch.archiver.retention import run_retention
 from perfwatch.archiver.rollup import run_rollups
 from perfwatch.archiver.status import tier_status
 from perfwatch.archiver.store import Store
 
-ALL = ["0001_roles.sql", "0002_catalog.sql", "0003_archive.sql", "0004_read.sql",
-       "0005_retention_waits_for_late_samples.sql", "0006_lock_tables.sql"]
+ALL = ["0001_roles.sql", "0002_catalog.sql", "0003_archive.sql", "0004_functions_leave_the_migrations.sql"]
+APPLIED = sa.text("SELECT name FROM perfwatch.schema_migration ORDER BY version")
 
 
 def test_migrations_apply_once_in_order_and_are_recorded(pg_dsn: str) -> None:
@@ -32,8 +33,7 @@ def test_migrations_apply_once_in_order_and_are_recorded(pg_dsn: str) -> None:
     assert apply_migrations(engine) == ALL
     assert apply_migrations(engine) == []
     with engine.connect() as conn:
-        assert conn.execute(sa.select(db.schema_migration.c.name).order_by(db.schema_migration.c.version)
-                            ).scalars().all() == ALL
+        assert conn.execute(APPLIED).scalars().all() == ALL
         # The writer owns everything the migrations made, so it can keep partitions up alone.
         owners = conn.execute(sa.text(
             "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relnamespace = 'perfwatch'::regnamespace "
@@ -44,8 +44,8 @@ def test_migrations_apply_once_in_order_and_are_recorded(pg_dsn: str) -> None:
 
 
 def test_an_edited_or_failing_migration_is_refused(pg_dsn: str, tmp_path: Path) -> None:
-    migrations = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, migrations)
+    migrations = tmp_path / "schema"
+    shutil.copytree(SCHEMA_DIR, migrations)
     engine = db.make_engine(pg_dsn)
     assert apply_migrations(engine, migrations) == ALL
     (migrations / "0007_broken.sql").write_text("CREATE TABLE perfwatch.half_done (a int);\nSELEC 1;\n")
@@ -53,7 +53,7 @@ def test_an_edited_or_failing_migration_is_refused(pg_dsn: str, tmp_path: Path) 
         apply_migrations(engine, migrations)
     with engine.connect() as conn:  # its transaction rolled back: no half-applied file
         assert conn.execute(sa.select(sa.func.to_regclass("perfwatch.half_done"))).scalar() is None
-        assert conn.execute(sa.select(sa.func.max(db.schema_migration.c.version))).scalar() == 6
+        assert conn.execute(sa.text("SELECT max(version) FROM perfwatch.schema_migration")).scalar() == 4
     (migrations / "0007_broken.sql").unlink()
     path = migrations / "0002_catalog.sql"
     path.write_text(path.read_text() + "\n-- an afterthought\n")
@@ -63,6 +63,55 @@ def test_an_edited_or_failing_migration_is_refused(pg_dsn: str, tmp_path: Path) 
     with pytest.raises(MigrationError, match=r"named NNNN_name\.sql"):
         apply_migrations(engine, migrations)
     engine.dispose()
+
+
+def test_functions_are_reapplied_at_every_migrate_without_a_migration(pg_dsn: str, tmp_path: Path) -> None:
+    """A changed function body takes effect at the next start; no numbered file is needed for it."""
+    functions = tmp_path / "functions"
+    shutil.copytree(FUNCTIONS_DIR, functions)
+    engine = db.make_engine(pg_dsn)
+    assert apply_migrations(engine, SCHEMA_DIR, functions) == ALL
+    legend = functions / "read.sql"
+    legend.write_text(legend.read_text().replace("RETURN regexp_replace(result, '\\{\\{[^}]*\\}\\}', '', 'g');",
+                                                 "RETURN 'changed: ' || result;"))
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT perfwatch.format_legend('{{a}}', '{}')")).scalar() == ""
+    assert apply_migrations(engine, SCHEMA_DIR, functions) == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT perfwatch.format_legend('{{a}}', '{}')")).scalar() == "changed: {{a}}"
+    (functions / "zz_broken.sql").write_text("CREATE OR REPLACE FUNCTION perfwatch.f() RETURNS int LANGUAGE sql "
+                                             "RETURN nope;")
+    with pytest.raises(MigrationError, match=r"applying the archive's functions failed: .*nope"):
+        apply_migrations(engine, SCHEMA_DIR, functions)
+    engine.dispose()
+
+
+def function_definitions() -> dict[str, list[str]]:
+    """Function name → the files under sql/ that define it."""
+    defined: dict[str, list[str]] = {}
+    sql_dir = SCHEMA_DIR.parent
+    for path in sorted(sql_dir.rglob("*.sql")):
+        text = path.read_text()
+        for name in re.findall(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+perfwatch\.(\w+)\s*\(", text, re.I):
+            defined.setdefault(name, []).append(str(path.relative_to(sql_dir)))
+    return defined
+
+
+def test_every_function_has_one_definition_in_the_tree(pg_dsn: str) -> None:
+    """Each function's text lives in one file: the numbered migrations define none but labels_hash,
+    which the series table's generated column needs before any function file runs. And the
+    database holds exactly the functions the tree defines (nothing left over from an old body)."""
+    defined = function_definitions()
+    assert {name: files for name, files in defined.items() if len(files) != 1} == {}
+    in_schema = {name for name, files in defined.items() if files[0].startswith("schema/")}
+    assert in_schema == {"labels_hash"}
+    engine = db.make_engine(pg_dsn)
+    apply_migrations(engine)
+    with engine.connect() as conn:
+        in_database = conn.execute(sa.text("SELECT proname FROM pg_proc WHERE pronamespace = "
+                                           "'perfwatch'::regnamespace")).scalars().all()
+    engine.dispose()
+    assert sorted(in_database) == sorted(defined)
 
 
 def test_archivers_starting_together_apply_each_migration_once(pg_dsn: str) -> None:
@@ -86,8 +135,7 @@ def test_archivers_starting_together_apply_each_migration_once(pg_dsn: str) -> N
     assert sorted(name for r in results for name in r) == ALL  # type: ignore[union-attr]
     assert all(r == sorted(r) for r in results)  # type: ignore[type-var]
     with engines[0].connect() as conn:
-        rows = conn.execute(sa.select(db.schema_migration.c.name, db.schema_migration.c.applied_at)
-                            .order_by(db.schema_migration.c.version)).all()
+        rows = conn.execute(sa.text("SELECT name, applied_at FROM perfwatch.schema_migration ORDER BY version")).all()
     assert [name for name, _ in rows] == ALL
     assert [at for _, at in rows] == sorted(at for _, at in rows)  # each after the one before, whoever applied it
     for e in engines:
@@ -151,7 +199,11 @@ def test_grafana_role_is_read_only_with_a_statement_timeout(archive: str) -> Non
             "DROP TABLE perfwatch.sample",
             "ALTER TABLE perfwatch.series ADD COLUMN x int",
             "SELECT perfwatch.ensure_partition('raw', now() + interval '30 days')",
-            "SELECT perfwatch.create_tier('1 minute')",
+            "SELECT perfwatch.create_tier('1m', '1 minute')",
+            "SELECT perfwatch.set_policy('{raw}', '{0}', '{1 day}')",
+            "SELECT * FROM perfwatch.upsert_metrics('{x}', '{gauge}', '{gauge}', '{\"\"}', '{\"\"}')",
+            "SELECT * FROM perfwatch.upsert_series('{1}', '{\"{}\"}', ARRAY[now()])",
+            "SELECT perfwatch.touch_series('{1}', now())",
             "SELECT * FROM perfwatch.drop_expired('raw', now() + interval '100 years')",
             "SELECT perfwatch.rollup_range('5m', '2024-06-01', '2024-06-02')",
             "SELECT perfwatch.note_late('5m', now(), now())",

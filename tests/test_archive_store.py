@@ -120,7 +120,7 @@ def test_unstorable_labels_are_dropped_and_counted_the_rest_stored(engine: sa.En
     b.metadata["h"] = MetricMeta("h", "gauge", "gauge", "help with \x00 NUL")
     assert store.write(b) == 1
     with engine.connect() as conn:
-        assert conn.execute(sa.select(db.metric.c.help).where(db.metric.c.name == "h")).scalar() == "help with  NUL"
+        assert conn.execute(sa.text("SELECT help FROM perfwatch.metric WHERE name = 'h'")).scalar() == "help with  NUL"
 
 
 def test_catalog_keeps_metadata_and_refreshes_last_seen(engine: sa.Engine) -> None:
@@ -131,10 +131,10 @@ def test_catalog_keeps_metadata_and_refreshes_last_seen(engine: sa.Engine) -> No
     b.metadata["c_total"] = MetricMeta("c_total", "counter", "counter", "new help", "seconds")
     store.write(b)
     with engine.connect() as conn:
-        m = conn.execute(sa.select(db.metric)).one()
+        m = conn.execute(sa.text("SELECT * FROM perfwatch.metric")).one()
         assert (m.name, m.kind, m.family_type, m.help, m.unit) == ("c_total", "counter", "counter", "new help",
                                                                      "seconds")
-        s = conn.execute(sa.select(db.series)).one()
+        s = conn.execute(sa.text("SELECT * FROM perfwatch.series")).one()
         assert s.labels == dict(JOB_INSTANCE)
         assert (ms(s.first_seen), ms(s.last_seen)) == (T0, T0 + 2 * 3600_000)
 
@@ -206,7 +206,7 @@ def test_connection_lost_mid_write_leaves_the_cache_consistent(engine: sa.Engine
     blocker.close()
     assert len(errors) == 1 and isinstance(errors[0], db.DatabaseUnavailable), errors
     with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(db.series)).scalar() == 1  # rolled back
+        assert conn.execute(sa.text("SELECT count(*) FROM perfwatch.series")).scalar() == 1  # rolled back
     assert store.write(cut) == 2
     assert [(n, labels.get("k"), t, v) for n, labels, t, v in stored(engine)] == [
         ("a", "old", T0, 1.0), ("a", "new", next_day, 2.0), ("fresh", None, next_day, 3.0)]

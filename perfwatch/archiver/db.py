@@ -1,8 +1,8 @@
 """The archive database: engine and pool, the SQL files under `sql/`, and what "unreachable" means.
 
-SQLAlchemy Core owns the engine, the pool and the small catalog/policy statements; everything
-bigger is SQL in `sql/` (migrations define the functions, `sql/queries/` holds the statements the
-Python side runs by name). Samples go through psycopg 3's COPY on the pooled connection.
+SQLAlchemy Core owns the engine and the pool; the SQL is in `sql/` (`schema/` the tables,
+`functions/` every function, `queries/` the statements the Python side runs by name), and the
+tables are declared only there. Samples go through psycopg 3's COPY on the pooled connection.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import psycopg
 import sqlalchemy as sa
 from psycopg.conninfo import conninfo_to_dict
-from sqlalchemy.dialects import postgresql as pg
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 SCHEMA = "perfwatch"
@@ -148,56 +147,3 @@ def fn(name: str, *args: Any) -> sa.FunctionElement[Any]:
 def call_table(conn: sa.Connection, name: str, *args: Any) -> list[sa.Row[Any]]:
     """Rows of the set-returning (or OUT-parameter) function perfwatch.<name>(*args)."""
     return list(conn.execute(sa.select(sa.literal_column("*")).select_from(fn(name, *args).alias("f"))))
-
-
-# -- Core tables for the catalog and policy statements (the schema itself lives in sql/migrations) --
-
-metadata = sa.MetaData(schema=SCHEMA)
-
-schema_migration = sa.Table(
-    "schema_migration", metadata,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("name", sa.Text),
-    sa.Column("checksum", sa.Text),
-    sa.Column("applied_at", sa.DateTime(timezone=True)),
-)
-
-metric = sa.Table(
-    "metric", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("name", sa.Text),
-    sa.Column("kind", sa.Text),
-    sa.Column("family_type", sa.Text),
-    sa.Column("help", sa.Text),
-    sa.Column("unit", sa.Text),
-    sa.Column("updated_at", sa.DateTime(timezone=True)),
-)
-
-series = sa.Table(
-    "series", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("metric_id", sa.Integer),
-    sa.Column("labels", pg.JSONB),
-    sa.Column("labels_hash", pg.BYTEA),
-    sa.Column("first_seen", sa.DateTime(timezone=True)),
-    sa.Column("last_seen", sa.DateTime(timezone=True)),
-)
-
-tier = sa.Table(
-    "tier", metadata,
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("resolution", sa.Interval),
-    sa.Column("table_name", sa.Text),
-    sa.Column("partition_width", sa.Interval),
-    sa.Column("watermark", sa.DateTime(timezone=True)),
-    sa.Column("horizon", sa.DateTime(timezone=True)),
-)
-
-archive_policy = sa.Table(
-    "archive_policy", metadata,
-    sa.Column("tier", sa.Text, primary_key=True),
-    sa.Column("level", sa.Integer),
-    sa.Column("resolution", sa.Interval),
-    sa.Column("retention", sa.Interval),
-    sa.Column("updated_at", sa.DateTime(timezone=True)),
-)

@@ -1,8 +1,8 @@
 """Operator commands: `migrate`, `rollup`, `retention`, `status` — one pass, print, exit.
 
 They work beside a running archiver (the SQL side serialises rollup and retention with table
-locks, migration 0006). Without a DSN they use the embedded server under the data dir, starting it for the
-command and stopping it after, unless it was running already.
+locks, sql/functions/locks.sql). Without a DSN they use the embedded server under the data dir,
+starting it for the command and stopping it after, unless it was running already.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ import dataclasses
 import datetime as dt
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 
 from perfwatch.archiver import db
 from perfwatch.common.config import ConfigError, Duration, format_duration, join_key
@@ -35,7 +34,7 @@ class Tier:
 
     @property
     def name(self) -> str:
-        """The tier's name and table suffix: 5m → rollup_5m (as perfwatch.duration_label names it)."""
+        """The tier's name and table suffix: 5m → rollup_5m (the only place the rule is written)."""
         return format_duration(self.resolution)
 
 
@@ -89,26 +88,12 @@ def _show(seconds: float) -> str:
 
 
 def mirror_policy(engine: sa.Engine, policy: Policy) -> None:
-    """Create the tier tables the policy needs and make perfwatch.archive_policy mirror it.
-
-    Levels no longer in the policy leave the mirror (their tables and data stay). Last-run times
-    are kept for the tiers that remain.
-    """
+    """Create the tier tables the policy needs and make perfwatch.archive_policy mirror it
+    (perfwatch.set_policy, sql/functions/policy.sql)."""
     policy.validate("policy")
+    levels = policy.levels()
     with db.unavailable_as("mirroring the policy"), engine.begin() as conn:
-        for tier in policy.tiers:
-            name = conn.execute(sa.select(db.fn("create_tier", dt.timedelta(seconds=float(tier.resolution))))).scalar()
-            if name != tier.name:  # the SQL and Python spellings of a duration must agree
-                raise RuntimeError(f"tier {tier.name} was created as {name}")
-        names = [name for _, name, _, _ in policy.levels()]
-        # Levels are unique: clear them first so tiers can swap places.
-        conn.execute(sa.delete(db.archive_policy).where(db.archive_policy.c.tier.not_in(names)))
-        conn.execute(sa.update(db.archive_policy).values(level=-db.archive_policy.c.level - 1)
-                     .where(db.archive_policy.c.level >= 0))
-        rows = [{"tier": name, "level": level, "resolution": dt.timedelta(seconds=res),
-                 "retention": dt.timedelta(seconds=ret)} for level, name, res, ret in policy.levels()]
-        insert = pg.insert(db.archive_policy).values(rows)
-        conn.execute(insert.on_conflict_do_update(
-            index_elements=[db.archive_policy.c.tier],
-            set_={"level": insert.excluded.level, "resolution": insert.excluded.resolution,
-                  "retention": insert.excluded.retention, "updated_at": sa.func.now()}))
+        conn.execute(sa.select(db.fn(
+            "set_policy", [name for _, name, _, _ in levels],
+            [dt.timedelta(seconds=res) for _, _, res, _ in levels],
+            [dt.timedelta(seconds=ret) for _, _, _, ret in levels])))

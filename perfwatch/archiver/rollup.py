@@ -1,7 +1,7 @@
 """Rollups (the `rollup` step of scrape → spool → store → rollup → retention).
 
 Each tier is built from the level below it (the first from raw samples) by SQL in
-sql/migrations/0003_archive.sql; this module drives one pass over every tier:
+sql/functions/rollup.sql; this module drives one pass over every tier:
 
 1. late samples first: ranges noted in perfwatch.rollup_dirty (samples stored after their
    bucket was rolled up, e.g. a replayed spool) are rolled up again, and the buckets that
@@ -63,7 +63,7 @@ def _roll_tier(engine: sa.Engine, policy: Policy, level: int, name: str, resolut
                now: dt.datetime) -> TierRun:
     started = time.monotonic()
     with engine.begin() as conn:
-        before = conn.execute(sa.select(db.tier.c.watermark).where(db.tier.c.name == name)).scalar()
+        before = db.call_table(conn, "tier_state", name)[0].watermark
         dirty = conn.execute(sa.select(db.fn("rollup_dirty", name))).scalar() or 0
     rows = chunks = 0
     after = before

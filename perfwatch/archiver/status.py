@@ -1,6 +1,6 @@
 """Where each level of the archive stands: policy, rollup watermark and lag, size, last runs.
 
-The figures come from perfwatch.tier_status() (sql/migrations/0004_read.sql), which Grafana can
+The figures come from perfwatch.tier_status() (sql/functions/read.sql), which Grafana can
 call too. Rows are PostgreSQL's live-row counts from its cumulative statistics (cheap, no
 count(*) over a year of samples, no ANALYZE needed; they trail writes by the second or so a
 backend takes to report them); bytes include indexes.

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import json
 import logging
 import math
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 
 from perfwatch.archiver import db
 from perfwatch.archiver.model import Batch, MetricMeta, Sample
@@ -186,52 +186,38 @@ class Store:
                                        f"which PostgreSQL cannot store (metric {unstorable[0][0]})")
         if stale:
             ids = sorted(e.id for e in stale)
-            conn.execute(sa.update(db.series).where(db.series.c.id.in_(ids))
-                         .values(last_seen=sa.func.greatest(db.series.c.last_seen, _ts(batch.scraped_at_ms))))
+            conn.execute(sa.select(db.fn("touch_series", ids, _ts(batch.scraped_at_ms))))
             refreshed.extend(stale)
         return rows
 
     def _upsert_metrics(self, conn: sa.Connection, metas: dict[str, MetricMeta]) -> dict[str, tuple[int, MetricMeta]]:
-        rows = [{"name": m.name, "kind": m.kind, "family_type": m.family_type,
-                 "help": _clean_text(m.help), "unit": _clean_text(m.unit)} for m in metas.values()]
-        insert = pg.insert(db.metric).values(rows)
-        c = db.metric.c
-        conn.execute(insert.on_conflict_do_update(
-            index_elements=[c.name],
-            set_={"kind": insert.excluded.kind, "family_type": insert.excluded.family_type,
-                  "help": insert.excluded.help, "unit": insert.excluded.unit, "updated_at": sa.func.now()},
-            where=sa.tuple_(c.kind, c.family_type, c.help, c.unit).is_distinct_from(
-                sa.tuple_(insert.excluded.kind, insert.excluded.family_type, insert.excluded.help,
-                          insert.excluded.unit))))
-        ids = {name: id_ for name, id_ in conn.execute(sa.select(c.name, c.id).where(c.name.in_(list(metas))))}
+        values = list(metas.values())
+        rows = db.call_table(conn, "upsert_metrics", [m.name for m in values], [m.kind for m in values],
+                             [m.family_type for m in values], [_clean_text(m.help) for m in values],
+                             [_clean_text(m.unit) for m in values])
+        ids = {row.name: row.id for row in rows}
         return {name: (ids[name], meta) for name, meta in metas.items()}
 
     def _upsert_series(self, conn: sa.Connection, missing: dict[SeriesKey, int],
                        metrics: dict[str, tuple[int, MetricMeta]]) -> dict[SeriesKey, _SeriesEntry]:
         by_db_key: dict[tuple[int, tuple[tuple[str, str], ...]], SeriesKey] = {}
-        rows = []
+        metric_ids, labels_json, seen = [], [], []
         for key, first_ms in missing.items():
             name, labels = key
             metric_id = metrics[name][0]
             by_db_key[(metric_id, tuple(sorted(labels)))] = key
-            seen = _ts(first_ms)
-            rows.append({"metric_id": metric_id, "labels": dict(labels), "first_seen": seen, "last_seen": seen})
-        insert = pg.insert(db.series).values(rows)
-        c = db.series.c
-        # DO UPDATE (not DO NOTHING) so that RETURNING gives the ids of series that already existed.
-        result = conn.execute(insert.on_conflict_do_update(
-            index_elements=[c.metric_id, c.labels_hash],
-            set_={"last_seen": sa.func.greatest(c.last_seen, insert.excluded.last_seen)},
-        ).returning(c.id, c.metric_id, c.labels, c.last_seen))
+            metric_ids.append(metric_id)
+            labels_json.append(json.dumps(dict(labels), ensure_ascii=False))
+            seen.append(_ts(first_ms))
         entries = {}
-        for series_id, metric_id, labels, last_seen in result:
-            key = by_db_key[(metric_id, tuple(sorted(labels.items())))]
-            entries[key] = _SeriesEntry(series_id, _to_ms(last_seen) or 0)
+        for row in db.call_table(conn, "upsert_series", metric_ids, labels_json, seen):
+            key = by_db_key[(row.metric_id, tuple(sorted(row.labels.items())))]
+            entries[key] = _SeriesEntry(row.id, _to_ms(row.last_seen) or 0)
         return entries
 
     def _ensure_partitions(self, conn: sa.Connection, rows: list[tuple[int, int, float]]) -> set[int]:
         if self._partition_ms is None:
-            width = conn.execute(sa.select(db.tier.c.partition_width).where(db.tier.c.name == "raw")).scalar_one()
+            width = db.call_table(conn, "tier_state", "raw")[0].partition_width
             self._partition_ms = int(width.total_seconds() * 1000)
         width_ms = self._partition_ms
         needed = {ms // width_ms for ms in {r[1] for r in rows}} - self._partitions

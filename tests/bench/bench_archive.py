@@ -129,8 +129,8 @@ def bench_ingest(server: Server, args: argparse.Namespace) -> None:
         store.write(batches[0])  # creates the series: not measured
         ids = {}
         with engine.connect() as conn:
-            for sid, name, labels in conn.execute(sa.select(db.series.c.id, db.metric.c.name, db.series.c.labels)
-                                                  .join(db.metric, db.metric.c.id == db.series.c.metric_id)):
+            for sid, name, labels in conn.execute(sa.text("SELECT s.id, m.name, s.labels FROM perfwatch.series s"
+                                                          " JOIN perfwatch.metric m ON m.id = s.metric_id")):
                 ids[(name, tuple(sorted(labels.items())))] = sid
         peer_rows = [[(ids[(s.name, s.labels)], EPOCH + dt.timedelta(milliseconds=s.timestamp_ms), s.value)
                       for s in b.samples] for b in batches]

@@ -1,6 +1,6 @@
 """The archive's answers computed independently, from raw samples, in Python; and synthetic data.
 
-The definitions are those of sql/migrations/0004_read.sql (README "Reading the archive"):
+The definitions are those of perfwatch/archiver/sql/functions/read.sql and buckets.sql (README "Reading the archive"):
 
 * buckets start on multiples of their width counted from the Unix epoch;
 * a counter's increase over a set of samples is the sum over consecutive samples (a, b) of

@@ -1,4 +1,5 @@
--- The read side, for Grafana (role perfwatch_grafana) and operators.
+-- The read side, for Grafana (role perfwatch_grafana) and operators. Buckets merge as
+-- merge_buckets_sql (buckets.sql) says.
 --
 --   perfwatch.series(metric, matchers, t_from, t_to, step)  time, labels, avg/min/max/last, increase, rate
 --   perfwatch.panel(metric, matchers, t_from, t_to, step, agg, legend)   time, metric (text), value
@@ -18,7 +19,7 @@
 -- Prometheus-style matchers as jsonb: {"job": "node"} (equal), {"cpu": ["0", "1"]} (any of),
 -- {"mode": {"=~": "user|system"}} with operators =, !=, =~, !~ (regexes anchored at both ends).
 -- A label a series lacks matches as the empty string, as in PromQL.
-CREATE FUNCTION perfwatch.labels_match(labels jsonb, matchers jsonb) RETURNS boolean
+CREATE OR REPLACE FUNCTION perfwatch.labels_match(labels jsonb, matchers jsonb) RETURNS boolean
     LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     m record;
@@ -65,7 +66,7 @@ $$;
 -- Where each level of the active policy holds rolled-up (final) data: from its oldest partition
 -- (moved up to the next tier's bucket grid, so that stitching never splits a coarser bucket) to
 -- its watermark (raw: open-ended).
-CREATE FUNCTION perfwatch.tier_coverage()
+CREATE OR REPLACE FUNCTION perfwatch.tier_coverage()
     RETURNS TABLE (level integer, tier text, table_name text, resolution interval, lo timestamptz, hi timestamptz)
     LANGUAGE sql STABLE SET search_path = pg_catalog, perfwatch
     BEGIN ATOMIC
@@ -83,7 +84,7 @@ CREATE FUNCTION perfwatch.tier_coverage()
 -- Which level serves which part of [t_from, t_to) for a given step. The main level is the coarsest
 -- whose resolution divides the step (raw always does); the recent part it has not rolled up yet
 -- comes from finer levels, the old part it no longer holds from coarser ones.
-CREATE FUNCTION perfwatch.plan_tiers(t_from timestamptz, t_to timestamptz, step interval)
+CREATE OR REPLACE FUNCTION perfwatch.plan_tiers(t_from timestamptz, t_to timestamptz, step interval)
     RETURNS TABLE (level integer, tier text, table_name text, resolution interval, lo timestamptz, hi timestamptz)
     LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
 DECLARE
@@ -120,7 +121,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION perfwatch.series(metric text, matchers jsonb, t_from timestamptz, t_to timestamptz, step interval)
+CREATE OR REPLACE FUNCTION perfwatch.series(metric text, matchers jsonb, t_from timestamptz, t_to timestamptz, step interval)
     RETURNS TABLE ("time" timestamptz, series_id integer, labels jsonb, avg double precision, min double precision,
                    max double precision, last double precision, samples bigint, increase double precision,
                    rate double precision, resets bigint)
@@ -152,51 +153,36 @@ BEGIN
             -- a raw sample is a bucket of one sample
             parts := parts || format($q$
                 SELECT series_id, ts AS bucket, 0::double precision AS res, 1 AS count, value AS sum, value AS min,
-                       value AS max, value AS first_value, value AS last_value, 0::double precision AS increase,
-                       0 AS resets
-                FROM perfwatch.sample WHERE series_id = ANY ($1) AND ts >= %L AND ts < %L$q$, seg.lo, seg.hi);
+                       value AS max, ts AS first_ts, value AS first_value, ts AS last_ts, value AS last_value,
+                       0::double precision AS increase, 0 AS resets
+                FROM perfwatch.sample WHERE series_id = ANY ($3) AND ts >= %L AND ts < %L$q$, seg.lo, seg.hi);
         ELSE
             parts := parts || format($q$
-                SELECT series_id, bucket, %L::double precision AS res, count, sum, min, max, first_value, last_value,
-                       increase, resets
-                FROM perfwatch.%I WHERE series_id = ANY ($1) AND bucket >= %L AND bucket < %L$q$,
+                SELECT series_id, bucket, %L::double precision AS res, count, sum, min, max, first_ts, first_value,
+                       last_ts, last_value, increase, resets
+                FROM perfwatch.%I WHERE series_id = ANY ($3) AND bucket >= %L AND bucket < %L$q$,
                 extract(epoch FROM seg.resolution), seg.table_name, seg.lo, seg.hi);
         END IF;
     END LOOP;
     IF cardinality(parts) = 0 THEN
         RETURN;
     END IF;
+    -- Every pair of consecutive samples inside the range counts (p_pairs_across), in the step of
+    -- its later sample.
     RETURN QUERY EXECUTE format($q$
-        WITH src AS (%s),
-        t AS (SELECT src.*, perfwatch.bucket_floor($2, src.bucket) AS t FROM src),
-        -- one window, one sort: the previous bucket's last value (increase across the boundary)
-        -- and whether the next bucket is in another step (this one holds the step's last value)
-        o AS (
-            SELECT t.*, lag(t.last_value) OVER w AS prev, lead(t.t) OVER w IS DISTINCT FROM t.t AS step_last
-            FROM t WINDOW w AS (PARTITION BY t.series_id ORDER BY t.bucket)
-        ),
-        g AS (
-            SELECT o.t, o.series_id,
-                   sum(o.sum) / sum(o.count) AS avg, min(o.min) AS min, max(o.max) AS max,
-                   min(o.last_value) FILTER (WHERE o.step_last) AS last, sum(o.count)::bigint AS samples,
-                   CASE WHEN $3 THEN sum(o.increase) + sum(perfwatch.counter_delta(o.prev, o.first_value)) END
-                       AS increase,
-                   greatest($4, max(o.res)) AS seconds,
-                   CASE WHEN $3 THEN sum(o.resets) + count(*) FILTER (WHERE o.first_value < o.prev) END AS resets
-            FROM o GROUP BY o.t, o.series_id
-        )
-        SELECT g.t, g.series_id, s.labels, g.avg, g.min, g.max, g.last, g.samples, g.increase,
-               g.increase / g.seconds, g.resets
-        FROM g JOIN perfwatch.series s ON s.id = g.series_id
-        ORDER BY g.t, g.series_id
-        $q$, array_to_string(parts, ' UNION ALL '))
-        USING ids, step, m.kind = 'counter', extract(epoch FROM step)::double precision;
+        SELECT g.bucket, g.series_id, s.labels, g.sum / g.count, g.min, g.max, g.last_value, g.count::bigint,
+               CASE WHEN $1 THEN g.increase END, CASE WHEN $1 THEN g.increase / greatest($2, g.res) END,
+               CASE WHEN $1 THEN g.resets::bigint END
+        FROM (%s) g JOIN perfwatch.series s ON s.id = g.series_id
+        ORDER BY g.bucket, g.series_id
+        $q$, perfwatch.merge_buckets_sql(array_to_string(parts, ' UNION ALL '), step, true))
+        USING m.kind = 'counter', extract(epoch FROM step)::double precision, ids;
 END
 $$;
 
 -- A legend template such as '{{cpu}}/{{mode}}' filled from a series' labels (a label it lacks
 -- gives ''); without a template, the labels as {name="value", ...}.
-CREATE FUNCTION perfwatch.format_legend(template text, labels jsonb) RETURNS text
+CREATE OR REPLACE FUNCTION perfwatch.format_legend(template text, labels jsonb) RETURNS text
     LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     l record;
@@ -218,7 +204,7 @@ $$;
 -- "metric" column), sorted by time.
 --   agg:    auto (rate for counters, avg for gauges), avg, min, max, last, rate, increase, samples
 --   legend: a template such as '{{cpu}}/{{mode}}'; default: the labels as {name="value", ...}
-CREATE FUNCTION perfwatch.panel(metric_name text, matchers jsonb, t_from timestamptz, t_to timestamptz, step interval,
+CREATE OR REPLACE FUNCTION perfwatch.panel(metric_name text, matchers jsonb, t_from timestamptz, t_to timestamptz, step interval,
                                 agg text DEFAULT 'auto', legend text DEFAULT NULL)
     RETURNS TABLE ("time" timestamptz, metric text, value double precision)
     LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
@@ -244,7 +230,7 @@ $$;
 -- Per level of the active policy: its policy, how far its rollup is (watermark, lag), how much it
 -- holds (partitions, oldest/newest, rows estimated by the statistics, bytes on disk with
 -- indexes) and its last rollup and retention runs.
-CREATE FUNCTION perfwatch.tier_status(p_now timestamptz DEFAULT now())
+CREATE OR REPLACE FUNCTION perfwatch.tier_status(p_now timestamptz DEFAULT now())
     RETURNS TABLE (level integer, tier text, table_name text, resolution interval, retention interval,
                    watermark timestamptz, lag_seconds double precision, horizon timestamptz, partitions integer,
                    oldest timestamptz, newest timestamptz, rows_estimate bigint, bytes bigint,
@@ -304,9 +290,5 @@ GRANT EXECUTE ON FUNCTION
     perfwatch.series(text, jsonb, timestamptz, timestamptz, interval),
     perfwatch.panel(text, jsonb, timestamptz, timestamptz, interval, text, text),
     perfwatch.tier_status(timestamptz),
-    perfwatch.format_legend(text, jsonb),
-    perfwatch.bucket_floor(interval, timestamptz),
-    perfwatch.bucket_ceil(interval, timestamptz),
-    perfwatch.counter_delta(double precision, double precision),
-    perfwatch.duration_label(interval)
+    perfwatch.format_legend(text, jsonb)
 TO perfwatch_grafana;

@@ -1,11 +1,12 @@
--- Retention also keeps a partition while late samples in it wait for this tier's own rollup.
---
--- drop_expired (0003) kept a partition the next tier had not rolled up, or whose period had late
--- samples waiting for the next tier. Late samples still waiting for this tier itself (noted in
--- rollup_dirty under this tier's name, not passed on yet) were not looked at: when two adjacent
--- levels keep data equally long (the policy allows it), raw waited for the first tier, the first
--- tier's partition of the same period expired in the same pass and was dropped, and the late
--- samples never reached the tier above. Unchanged otherwise.
+-- Retention: drop whole partitions once they are past their level's retention AND the next tier
+-- has them (Thanos users lost data when raw retention ran out before downsampling caught up).
+
+-- Retention for p_tier: drop each partition that ended more than its retention before p_now AND
+-- that the next tier has rolled up completely: its watermark at or past the partition's end, and
+-- no late samples there still waiting, neither for the next tier nor for this tier's own rollup
+-- (when two adjacent levels keep data equally long, the second would otherwise expire before the
+-- late samples reached the tier above). Expired partitions kept for the second reason are
+-- returned with dropped = false. Drops go oldest first, so the horizon only moves on.
 CREATE OR REPLACE FUNCTION perfwatch.drop_expired(p_tier text, p_now timestamptz)
     RETURNS TABLE (partition text, lo timestamptz, hi timestamptz, dropped boolean)
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, perfwatch AS $$
@@ -20,9 +21,9 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'tier % is not in the active policy', p_tier;
     END IF;
-    PERFORM pg_advisory_xact_lock(1885696614, 2);
+    LOCK TABLE perfwatch.lock_rollup IN EXCLUSIVE MODE;
     IF pol.level = 0 THEN
-        PERFORM pg_advisory_xact_lock(1885696614, 3);
+        LOCK TABLE perfwatch.lock_raw_write IN EXCLUSIVE MODE;
     END IF;
     SELECT s.* INTO nxt FROM perfwatch.archive_policy above JOIN perfwatch.tier s ON s.name = above.tier
         WHERE above.level = pol.level + 1;
@@ -45,3 +46,13 @@ BEGIN
     END LOOP;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION perfwatch.record_retention(p_tier text, p_at timestamptz, p_seconds double precision,
+                                           p_dropped integer, p_waiting integer)
+    RETURNS void LANGUAGE sql SET search_path = pg_catalog, perfwatch
+    BEGIN ATOMIC
+        UPDATE perfwatch.archive_policy
+           SET last_retention_at = p_at, last_retention_seconds = p_seconds,
+               last_retention_dropped = p_dropped, last_retention_waiting = p_waiting
+         WHERE tier = p_tier;
+    END;

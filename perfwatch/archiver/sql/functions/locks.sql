@@ -1,0 +1,46 @@
+-- The archive's locks: table locks on empty tables of its own (schema 0003), held until the end
+-- of the transaction that takes them.
+--
+--   perfwatch.lock_rollup     EXCLUSIVE: rollup and retention, one at a time, so watermarks, dirty
+--                             ranges and drops agree
+--   perfwatch.lock_raw_write  SHARE for every store write (writes do not wait for each other),
+--                             EXCLUSIVE for the first tier's rollup and raw retention, so a sample is
+--                             either seen by a rollup or known to be late
+--   perfwatch.lock_partition  EXCLUSIVE: partition and tier creation
+--
+-- Taken in that order (rollup, raw write, partition) by whoever takes more than one. SHARE
+-- conflicts with EXCLUSIVE, EXCLUSIVE with both; ACCESS SHARE (a plain SELECT, pg_dump) conflicts
+-- with neither. Not advisory locks: any role that can connect (the read-only Grafana role too)
+-- can take any advisory lock and so could hold every write back; locking these tables in a mode
+-- that conflicts with the archive's needs privileges only the writer (their owner) and superusers
+-- have. begin_write and lock_for_rollup run as their caller, whom EXECUTE restricts to the writer
+-- (0001 revokes it from PUBLIC) and superusers.
+
+-- Taken by every store write, before it reads where the first tier's rollup is. Returns the time
+-- before which samples are refused (retention dropped that period; storing it again would leave
+-- raw and the first tier disagreeing), the first tier and its watermark.
+CREATE OR REPLACE FUNCTION perfwatch.begin_write(OUT refuse_before timestamptz, OUT first_tier text,
+                                                 OUT first_watermark timestamptz)
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    raw_horizon timestamptz;
+    resolution interval;
+BEGIN
+    LOCK TABLE perfwatch.lock_raw_write IN SHARE MODE;
+    SELECT horizon INTO raw_horizon FROM perfwatch.tier WHERE name = 'raw';
+    SELECT t.name, t.watermark, t.resolution INTO first_tier, first_watermark, resolution
+        FROM perfwatch.archive_policy p JOIN perfwatch.tier t ON t.name = p.tier WHERE p.level = 1;
+    refuse_before := perfwatch.bucket_ceil(coalesce(resolution, '1 second'), raw_horizon);  -- NULL: refuse nothing
+END
+$$;
+
+-- The locks a rollup of the tier at p_level takes.
+CREATE OR REPLACE FUNCTION perfwatch.lock_for_rollup(p_level integer) RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE perfwatch.lock_rollup IN EXCLUSIVE MODE;
+    IF p_level = 1 THEN
+        LOCK TABLE perfwatch.lock_raw_write IN EXCLUSIVE MODE;
+    END IF;
+END
+$$;

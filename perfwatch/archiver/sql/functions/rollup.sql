@@ -1,0 +1,183 @@
+-- Rollups: each tier is built from the level below it (the first from raw samples), forward from
+-- its watermark (rollup_next), and again where late samples changed what it had rolled up
+-- (rollup_dirty). perfwatch/archiver/rollup.py drives one pass over every tier.
+
+-- Samples in [p_lo, p_hi] were written after the first tier rolled past p_lo: roll that again.
+CREATE OR REPLACE FUNCTION perfwatch.note_late(p_tier text, p_lo timestamptz, p_hi timestamptz) RETURNS void
+    LANGUAGE sql SET search_path = pg_catalog, perfwatch
+    BEGIN ATOMIC
+        INSERT INTO perfwatch.rollup_dirty (tier, lo, hi) VALUES (p_tier, p_lo, p_hi);
+    END;
+
+-- Roll [p_lo, p_hi) of the level below into p_tier's buckets (both bounds on its bucket grid), with
+-- merge_buckets_sql (buckets.sql). Upserts, and rewrites a bucket only when it differs: running it
+-- again changes nothing and reports 0 rows. Returns the number of buckets written.
+CREATE OR REPLACE FUNCTION perfwatch.rollup_range(p_tier text, p_lo timestamptz, p_hi timestamptz) RETURNS bigint
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch SET work_mem = '64MB' AS $$
+DECLARE
+    t perfwatch.tier;
+    src perfwatch.tier;
+    source_rows text;
+    part timestamptz;
+    written bigint;
+BEGIN
+    SELECT tt.* INTO t FROM perfwatch.tier tt WHERE tt.name = p_tier;
+    SELECT s.* INTO src FROM perfwatch.archive_policy p
+        JOIN perfwatch.archive_policy below ON below.level = p.level - 1
+        JOIN perfwatch.tier s ON s.name = below.tier
+        WHERE p.tier = p_tier;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tier % is not a rollup tier of the active policy', p_tier;
+    END IF;
+    IF p_lo <> perfwatch.bucket_floor(t.resolution, p_lo) OR p_hi <> perfwatch.bucket_floor(t.resolution, p_hi) THEN
+        RAISE EXCEPTION 'rollup range [%, %) is not on the % bucket grid', p_lo, p_hi, p_tier;
+    END IF;
+    IF p_hi <= p_lo THEN
+        RETURN 0;
+    END IF;
+    FOR part IN SELECT generate_series(perfwatch.bucket_floor(t.partition_width, p_lo), p_hi - interval '1 microsecond',
+                                       t.partition_width) LOOP
+        PERFORM perfwatch.ensure_partition(p_tier, part);
+    END LOOP;
+    IF src.name = 'raw' THEN
+        source_rows := format($q$
+            SELECT series_id, ts AS bucket, 0::double precision AS res, 1 AS count, value AS sum, value AS min,
+                   value AS max, ts AS first_ts, value AS first_value, ts AS last_ts, value AS last_value,
+                   0::double precision AS increase, 0 AS resets
+            FROM perfwatch.sample WHERE ts >= %L AND ts < %L$q$, p_lo, p_hi);
+    ELSE
+        source_rows := format($q$
+            SELECT series_id, bucket, %L::double precision AS res, count, sum, min, max, first_ts, first_value,
+                   last_ts, last_value, increase, resets
+            FROM perfwatch.%I WHERE bucket >= %L AND bucket < %L$q$,
+            extract(epoch FROM src.resolution), src.table_name, p_lo, p_hi);
+    END IF;
+    EXECUTE format($q$
+        INSERT INTO perfwatch.%1$I AS t
+            (series_id, bucket, count, sum, min, max, first_ts, first_value, last_ts, last_value, increase, resets)
+        SELECT g.series_id, g.bucket, g.count, g.sum, g.min, g.max, g.first_ts, g.first_value, g.last_ts,
+               g.last_value, CASE WHEN m.kind = 'counter' THEN g.increase END,
+               CASE WHEN m.kind = 'counter' THEN g.resets END
+        FROM (%2$s) g
+        JOIN perfwatch.series se ON se.id = g.series_id
+        JOIN perfwatch.metric m ON m.id = se.metric_id
+        ON CONFLICT (series_id, bucket) DO UPDATE SET
+            count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max,
+            first_ts = excluded.first_ts, first_value = excluded.first_value,
+            last_ts = excluded.last_ts, last_value = excluded.last_value,
+            increase = excluded.increase, resets = excluded.resets
+        WHERE (t.count, t.sum, t.min, t.max, t.first_ts, t.first_value, t.last_ts, t.last_value, t.increase, t.resets)
+              IS DISTINCT FROM
+              (excluded.count, excluded.sum, excluded.min, excluded.max, excluded.first_ts, excluded.first_value,
+               excluded.last_ts, excluded.last_value, excluded.increase, excluded.resets)
+        $q$, t.table_name, perfwatch.merge_buckets_sql(source_rows, t.resolution, false));
+    GET DIAGNOSTICS written = ROW_COUNT;
+    RETURN written;
+END
+$$;
+
+-- One step of p_tier's rollup: the next closed chunk (at most p_chunk) after its watermark, then
+-- the watermark moves. A bucket is closed when it ends at or before p_now - p_delay (first tier)
+-- or the watermark of the level below (the others). Returns the range done; lo = hi: nothing to do.
+-- Each call is one transaction, so a long catch-up holds the raw-write lock only briefly at a time.
+CREATE OR REPLACE FUNCTION perfwatch.rollup_next(p_tier text, p_now timestamptz, p_delay interval, p_chunk interval,
+                                      OUT lo timestamptz, OUT hi timestamptz, OUT rows bigint)
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    pol perfwatch.archive_policy;
+    t perfwatch.tier;
+    src perfwatch.tier;
+    closed_before timestamptz;
+BEGIN
+    SELECT * INTO pol FROM perfwatch.archive_policy WHERE tier = p_tier;
+    IF NOT FOUND OR pol.level < 1 THEN
+        RAISE EXCEPTION 'tier % is not a rollup tier of the active policy', p_tier;
+    END IF;
+    PERFORM perfwatch.lock_for_rollup(pol.level);
+    SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
+    SELECT s.* INTO src FROM perfwatch.archive_policy below JOIN perfwatch.tier s ON s.name = below.tier
+        WHERE below.level = pol.level - 1;
+    IF src.name = 'raw' THEN
+        closed_before := perfwatch.bucket_floor(t.resolution, p_now - p_delay);
+    ELSIF src.watermark IS NULL THEN
+        RETURN;
+    ELSE
+        closed_before := perfwatch.bucket_floor(t.resolution, src.watermark);
+    END IF;
+    lo := t.watermark;
+    IF lo IS NULL THEN
+        -- first run: start at the oldest data of the level below
+        SELECT min(p.lo) INTO lo FROM perfwatch.partition p WHERE p.tier = src.name;
+        IF lo IS NULL THEN
+            RETURN;
+        END IF;
+        lo := perfwatch.bucket_floor(t.resolution, greatest(lo, src.horizon));
+    END IF;
+    IF lo >= closed_before THEN
+        hi := lo;
+        rows := 0;
+        RETURN;
+    END IF;
+    hi := least(lo + p_chunk, closed_before);
+    rows := perfwatch.rollup_range(p_tier, lo, hi);
+    UPDATE perfwatch.tier SET watermark = hi WHERE name = p_tier;
+END
+$$;
+
+-- Roll again what late samples changed below p_tier's watermark (rollup_dirty), and pass the
+-- buckets that changed on to the next tier when it has already rolled past them.
+-- Periods whose source was dropped by retention cannot be rebuilt and are left as they are.
+CREATE OR REPLACE FUNCTION perfwatch.rollup_dirty(p_tier text) RETURNS bigint
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    pol perfwatch.archive_policy;
+    t perfwatch.tier;
+    src perfwatch.tier;
+    nxt perfwatch.tier;
+    floor_at timestamptz;
+    rng tstzrange;
+    n bigint;
+    total bigint := 0;
+BEGIN
+    SELECT * INTO pol FROM perfwatch.archive_policy WHERE tier = p_tier;
+    IF NOT FOUND OR pol.level < 1 THEN
+        RAISE EXCEPTION 'tier % is not a rollup tier of the active policy', p_tier;
+    END IF;
+    PERFORM perfwatch.lock_for_rollup(pol.level);
+    SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
+    SELECT s.* INTO src FROM perfwatch.archive_policy below JOIN perfwatch.tier s ON s.name = below.tier
+        WHERE below.level = pol.level - 1;
+    SELECT s.* INTO nxt FROM perfwatch.archive_policy above JOIN perfwatch.tier s ON s.name = above.tier
+        WHERE above.level = pol.level + 1;
+    IF t.watermark IS NULL THEN
+        -- nothing rolled up yet: the forward pass will see these samples
+        DELETE FROM perfwatch.rollup_dirty WHERE tier = p_tier;
+        RETURN 0;
+    END IF;
+    floor_at := greatest(coalesce(perfwatch.bucket_ceil(t.resolution, src.horizon), '-infinity'),
+                         coalesce(t.horizon, '-infinity'));
+    FOR rng IN
+        WITH d AS (DELETE FROM perfwatch.rollup_dirty WHERE tier = p_tier RETURNING lo, hi),
+             b AS (SELECT greatest(perfwatch.bucket_floor(t.resolution, d.lo), floor_at) AS lo,
+                          least(perfwatch.bucket_floor(t.resolution, d.hi) + t.resolution, t.watermark) AS hi
+                   FROM d)
+        SELECT unnest(range_agg(tstzrange(b.lo, b.hi))) FROM b WHERE b.lo < b.hi
+    LOOP
+        n := perfwatch.rollup_range(p_tier, lower(rng), upper(rng));
+        total := total + n;
+        IF n > 0 AND nxt.watermark IS NOT NULL AND lower(rng) < nxt.watermark THEN
+            INSERT INTO perfwatch.rollup_dirty (tier, lo, hi)
+                VALUES (nxt.name, lower(rng), least(upper(rng), nxt.watermark) - interval '1 microsecond');
+        END IF;
+    END LOOP;
+    RETURN total;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION perfwatch.record_rollup(p_tier text, p_at timestamptz, p_seconds double precision, p_rows bigint)
+    RETURNS void LANGUAGE sql SET search_path = pg_catalog, perfwatch
+    BEGIN ATOMIC
+        UPDATE perfwatch.archive_policy
+           SET last_rollup_at = p_at, last_rollup_seconds = p_seconds, last_rollup_rows = p_rows
+         WHERE tier = p_tier;
+    END;
