@@ -1,4 +1,4 @@
-"""exporter.scrape.render writes exactly what prometheus_client's generate_latest writes."""
+"""exporter.exposition.render writes exactly what prometheus_client's generate_latest writes."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from perfwatch.exporter.collect import CollectorSet, build_registry
 from perfwatch.exporter.collectors import REGISTRY
-from perfwatch.exporter.scrape import CollectorSet, build_registry, format_value, render, render_families
+from perfwatch.exporter.exposition import format_value, render, render_families
 from perfwatch.exporter.settings import load_settings
 
 

@@ -1,4 +1,4 @@
-"""exporter/scrape.py's CollectorSet in process: closing it while a scrape runs."""
+"""exporter/collect.py's CollectorSet in process: closing it while a scrape runs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
+from perfwatch.exporter.collect import CollectorSet
 from perfwatch.exporter.collectors.base import Collector, HostPaths, NoOptions, gauge
-from perfwatch.exporter.scrape import CollectorSet
 
 
 class Slow(Collector):

@@ -12,7 +12,8 @@ from pathlib import Path
 from perfwatch import __version__
 from perfwatch.archiver.settings import DEFAULT_PORT, ArchiverSettings, load_settings
 from perfwatch.common.config import ConfigError, parse_listen
-from perfwatch.common.httpserver import Request, Response, WebServer, metrics_handler, service_routes, stop_on_signals
+from perfwatch.common.httpserver import Request, Response, WebServer, metrics_handler, service_routes
+from perfwatch.common.lifecycle import serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import WebConfig, load_web_config
 
@@ -90,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | None = None) -> int:
-    from perfwatch.archiver.service import Archiver, DataDirLockedError, lock_data_dir
+    from perfwatch.archiver.datadir import DataDirLockedError, lock_data_dir
+    from perfwatch.archiver.service import Archiver
 
     host, port = parse_listen(settings.listen)
     try:
@@ -105,29 +107,19 @@ def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | Non
         return Response(200, b"Ready.\n") if started.is_set() else Response(503, b"Starting.\n")
 
     routes = service_routes("perfwatch archiver", __version__, metrics_handler(archiver.metrics.registry), ready)
-    try:
-        server = WebServer(host, port, routes, server_name=f"perfwatch-archiver/{__version__}", web_config=web_config)
-    except OSError as err:
-        log.error("cannot listen on %s: %s", settings.listen, err.strerror or err)
-        return 1
 
-    stop = stop_on_signals(log)
-    server.start()
-    log.info("perfwatch-archiver %s listening on %s://%s:%d, data in %s", __version__, server.scheme, host,
-             server.port, Path(settings.data_dir).resolve())
-    if web_config is not None:
-        log.info("web config: %s", web_config.describe())
-    try:
-        archiver.start()
-    except Exception as err:
-        log.error("cannot start: %s", err, exc_info=log.isEnabledFor(logging.DEBUG))
-        archiver.stop()
-        server.stop()
-        return 1
-    started.set()
-    stop.wait()
-    archiver.stop()
-    server.stop()
-    lock.close()
-    log.info("stopped")
-    return 0
+    def start(server: WebServer) -> bool:
+        log.info("perfwatch-archiver %s listening on %s://%s:%d, data in %s", __version__, server.scheme, host,
+                 server.port, Path(settings.data_dir).resolve())
+        if web_config is not None:
+            log.info("web config: %s", web_config.describe())
+        try:
+            archiver.start()
+        except Exception as err:
+            log.error("cannot start: %s", err, exc_info=log.isEnabledFor(logging.DEBUG))
+            return False
+        started.set()
+        return True
+
+    return serve(host, port, routes, listen=settings.listen, server_name=f"perfwatch-archiver/{__version__}",
+                 web_config=web_config, log=log, started=start, stopping=archiver.stop, cleanup=lock.close)

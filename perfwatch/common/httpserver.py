@@ -2,7 +2,8 @@
 
 Shared by the exporter and the archiver. Routes are plain functions from a `Request` to a
 `Response`; the server adds gzip where the client asks for it, 404/405 and quiet access logs.
-With a web config (exporter/webconfig.py) it also serves TLS and asks for basic auth.
+With a web config (common/webconfig.py) it also serves TLS and asks for basic auth. Running it
+until a signal, with the program's start and stop around it, is lifecycle.py's job.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import dataclasses
 import gzip
 import html
 import logging
-import signal
 import socket
 import ssl
 import sys
@@ -81,7 +81,7 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 def metrics_handler(registry: CollectorRegistry,
                     render: Callable[[CollectorRegistry], bytes] = generate_latest) -> Handler:
-    """`/metrics` for `registry`; the exporter passes its leaner renderer (exporter.scrape.render)."""
+    """`/metrics` for `registry`; the exporter passes its leaner renderer (exporter.exposition.render)."""
 
     def handle(_request: Request) -> Response:
         return Response(200, render(registry), METRICS_CONTENT_TYPE, compressible=True)
@@ -123,19 +123,6 @@ def service_routes(title: str, version: str, metrics: Handler, ready: Handler | 
     }
 
 
-def stop_on_signals(log: logging.Logger) -> threading.Event:
-    """An event that SIGTERM or SIGINT sets (and logs), for the main thread to wait on."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    return stop
-
-
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -162,7 +149,7 @@ class _HTTPServer(ThreadingHTTPServer):
                 peer = client_address[0] if isinstance(client_address, tuple) else client_address
                 log.info("TLS handshake with %s failed: %s", peer, err)
                 return
-        super().finish_request(request, client_address)  # type: ignore[arg-type]
+        super().finish_request(request, client_address)
 
     def handle_error(self, request: object, client_address: object) -> None:
         # socketserver's default prints a bare traceback to stderr, outside the logfmt log. A client
@@ -175,6 +162,10 @@ class _HTTPServer(ThreadingHTTPServer):
             log.error("request from %s failed", peer, exc_info=True)
 
 
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
 class WebServer:
     """Serves `routes` (path → handler) on `host:port` from a background thread."""
 
@@ -184,9 +175,7 @@ class WebServer:
         self.server_name = server_name
         self.idle_timeout = idle_timeout
         self.web_config = web_config or WebConfig()
-        server_cls = _HTTPServer
-        if ":" in host:
-            server_cls = type("_HTTPServer6", (_HTTPServer,), {"address_family": socket.AF_INET6})
+        server_cls = _HTTPServer6 if ":" in host else _HTTPServer
         self.httpd = server_cls((host, port), self._handler_class())
         self.httpd.ssl_context = self.web_config.ssl_context
         self._thread: threading.Thread | None = None

@@ -6,14 +6,17 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from perfwatch import __version__
 from perfwatch.common.config import ConfigError, parse_listen
-from perfwatch.common.httpserver import WebServer, metrics_handler, service_routes, stop_on_signals
+from perfwatch.common.httpserver import WebServer, metrics_handler, service_routes
+from perfwatch.common.lifecycle import serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import load_web_config
+from perfwatch.exporter.collect import CollectorSet, build_registry
 from perfwatch.exporter.collectors import REGISTRY, Collector
-from perfwatch.exporter.scrape import CollectorSet, build_registry, render
+from perfwatch.exporter.exposition import render
 from perfwatch.exporter.settings import DEFAULT_PORT, load_settings
 
 log = logging.getLogger("perfwatch.exporter")
@@ -66,30 +69,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = settings.paths
     paths.apply_to_psutil()
 
-    collectors: list[Collector] = [
+    collectors: list[Collector[Any]] = [
         REGISTRY[name](entry.options, paths) for name, entry in collector_settings.items() if entry.enabled
     ]
     collector_set = CollectorSet(collectors)
     registry = build_registry(collector_set, version=__version__)
     routes = service_routes("perfwatch exporter", __version__, metrics_handler(registry, render))
-    try:
-        server = WebServer(host, port, routes, server_name=f"perfwatch-exporter/{__version__}",
-                           web_config=web_config)
-    except OSError as err:
-        log.error("cannot listen on %s: %s", listen, err.strerror or err)
-        collector_set.close()
-        return 1
 
-    stop = stop_on_signals(log)
-    server.start()
-    enabled = [c.name for c in collectors]
-    disabled = [n for n, e in collector_settings.items() if not e.enabled]
-    log.info("perfwatch-exporter %s listening on %s://%s:%d", __version__, server.scheme, host, server.port)
-    if web_config is not None:
-        log.info("web config %s: %s", args.web_config, web_config.describe())
-    log.info("collectors enabled: %s; disabled: %s", ", ".join(enabled) or "none", ", ".join(disabled) or "none")
-    stop.wait()
-    server.stop()
-    collector_set.close()
-    log.info("stopped")
-    return 0
+    def started(server: WebServer) -> bool:
+        enabled = [c.name for c in collectors]
+        disabled = [n for n, e in collector_settings.items() if not e.enabled]
+        log.info("perfwatch-exporter %s listening on %s://%s:%d", __version__, server.scheme, host, server.port)
+        if web_config is not None:
+            log.info("web config %s: %s", args.web_config, web_config.describe())
+        log.info("collectors enabled: %s; disabled: %s", ", ".join(enabled) or "none", ", ".join(disabled) or "none")
+        return True
+
+    # The collectors close after the server stops: a scrape may still be running until then.
+    return serve(host, port, routes, listen=listen, server_name=f"perfwatch-exporter/{__version__}",
+                 web_config=web_config, log=log, started=started, cleanup=collector_set.close)

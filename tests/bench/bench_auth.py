@@ -45,7 +45,7 @@ import bcrypt  # noqa: E402
 from support.pki import PKI  # noqa: E402
 from support.procs import free_port  # noqa: E402
 
-from perfwatch.common.webconfig import BasicAuth  # noqa: E402
+from perfwatch.common.basicauth import BasicAuth  # noqa: E402
 
 USER, PASSWORD = "prometheus", "bench-password"
 
@@ -229,14 +229,14 @@ def main() -> int:
 
 
 def child_no_cache(argv: list[str]) -> int:
-    from perfwatch.exporter import cli, webconfig
+    from perfwatch.exporter import cli
 
-    real_init: Callable[..., None] = webconfig.BasicAuth.__init__
+    real_init: Callable[..., None] = BasicAuth.__init__
 
     def init_without_cache(self: BasicAuth, users: dict[str, str], max_entries: int = 0) -> None:
         real_init(self, users, 0)
 
-    webconfig.BasicAuth.__init__ = init_without_cache  # type: ignore[method-assign]
+    BasicAuth.__init__ = init_without_cache  # type: ignore[method-assign]
     return cli.main(argv)
 
 

@@ -6,7 +6,7 @@ Run as root (system-wide counting). Every peer counts the same events on every o
 CPU (`perf stat -a -A`), and takes one sample per interval:
 
 - perfwatch, in process: one `collect()` of the perf collector plus rendering its families in
-  the text format with the exporter's own renderer (`exporter.scrape.render`, what `/metrics`
+  the text format with the exporter's own renderer (`exporter.exposition.render`, what `/metrics`
   runs), i.e. its share of a scrape (counters opened once, before timing);
 - perfwatch, the exporter process with only the perf collector, scraped over HTTP: latency per
   scrape and the exporter's CPU time per scrape (from /proc/<pid>/stat);
@@ -45,7 +45,7 @@ from perfwatch.common.config import from_mapping  # noqa: E402
 from perfwatch.exporter import perf_events as pe  # noqa: E402
 from perfwatch.exporter.collectors.base import HostPaths  # noqa: E402
 from perfwatch.exporter.collectors.perf import PerfCollector, PerfOptions  # noqa: E402
-from perfwatch.exporter.scrape import render  # noqa: E402
+from perfwatch.exporter.exposition import render  # noqa: E402
 
 
 def children_cpu() -> float:
