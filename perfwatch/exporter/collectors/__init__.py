@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any
 
 from perfwatch.exporter.collectors.base import REGISTRY, Collector, HostPaths, register
 
 __all__ = ["REGISTRY", "Collector", "HostPaths", "load_all", "register"]
 
 
-def load_all() -> dict[str, type[Collector]]:
+def load_all() -> dict[str, type[Collector[Any]]]:
     """Import every collector module (each registers itself) and return the registry."""
     for module in pkgutil.iter_modules(__path__):
         if module.name != "base":

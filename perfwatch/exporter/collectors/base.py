@@ -1,16 +1,29 @@
 """The collector contract.
 
-A collector is one small class in its own module under `exporter/collectors/`:
+A collector is one small class in its own module under `exporter/collectors/`: a name, its
+options and `collect()`:
+
+    @dataclasses.dataclass
+    class NetdevOptions:                      # its config keys, with defaults (type-checked at load)
+        interfaces_exclude: Regex = Regex("lo")
 
     @register
-    class LoadavgCollector(Collector):
-        name = "loadavg"                      # the key under `collectors:` in the config
-        description = "Load averages over 1, 5 and 15 minutes."
+    class NetdevCollector(Collector[NetdevOptions]):
+        name = "netdev"                       # the key under `collectors:` in the config
+        description = "Network traffic per interface: bytes, packets, errors, drops."
         default_enabled = True
-        Options = NoOptions                   # a dataclass of its config keys, with defaults
+
+        def setup(self) -> None:              # optional: once, before the first scrape
+            self.exclude = self.options.interfaces_exclude.compiled
 
         def collect(self) -> Iterator[Metric]:
-            yield gauge("load1", "1-minute load average.", value)
+            yield counter("network_receive_bytes_total", "Bytes received.", value)
+
+The type parameter is the options' dataclass: `self.options` is typed by it, and it becomes the
+class's `Options`, which the config loader fills from the collector's section. A collector
+without options of its own subclasses `Collector[NoOptions]`. None re-declares
+`__init__` to keep its options; what a collector computes once from them (compiled regexes,
+sysconf values, a worker thread) goes in `setup()`.
 
 `collect()` runs at scrape time and yields metric families (prometheus_client's). It may raise:
 the scrape marks the collector failed (`perfwatch_scrape_collector_success 0`) and answers with
@@ -25,7 +38,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -57,28 +70,47 @@ class NoOptions:
     """A collector without options of its own (only `enabled`)."""
 
 
-class Collector(ABC):
+OptionsT = TypeVar("OptionsT")
+
+
+class Collector(ABC, Generic[OptionsT]):
     name: ClassVar[str]
     description: ClassVar[str]
     default_enabled: ClassVar[bool] = True
-    Options: ClassVar[type[Any]] = NoOptions
+    Options: ClassVar[type[Any]] = NoOptions  # set from the type parameter: Collector[FooOptions]
 
-    def __init__(self, options: Any, paths: HostPaths) -> None:
-        self.options = options
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            if get_origin(base) is not Collector:
+                continue
+            (options,) = get_args(base)
+            if isinstance(options, TypeVar):  # a generic subclass: its own subclasses name the type
+                continue
+            if not isinstance(options, type):
+                raise TypeError(f"{cls.__name__}: Collector[...] takes the options' class, not {options!r}")
+            cls.Options = options
+
+    def __init__(self, options: OptionsT, paths: HostPaths) -> None:
+        self.options: OptionsT = options
         self.paths = paths
+        self.setup()
+
+    def setup(self) -> None:  # not abstract: most collectors need nothing prepared
+        """Prepare, once, what every scrape reuses; `self.options` and `self.paths` are set."""
 
     @abstractmethod
     def collect(self) -> Iterable[Metric]:
         """Yield this scrape's metric families."""
 
-    def close(self) -> None:  # noqa: B027 - most collectors hold nothing to release
+    def close(self) -> None:  # not abstract: most collectors hold nothing to release
         """Release what the collector holds (file descriptors, threads)."""
 
 
-REGISTRY: dict[str, type[Collector]] = {}
+REGISTRY: dict[str, type[Collector[Any]]] = {}
 
 
-def register(cls: type[Collector]) -> type[Collector]:
+def register(cls: type[Collector[Any]]) -> type[Collector[Any]]:
     """Class decorator: make the collector known under `cls.name`."""
     if cls.name in REGISTRY:
         raise RuntimeError(f"collector {cls.name!r} registered twice")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, HostPaths, counter, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, counter, parsing, read_text, register
 
 # Column order of the `cpuN` lines in /proc/stat (proc(5)). guest and guest_nice are already
 # counted inside user and nice, so they get a metric of their own instead of a mode.
@@ -16,12 +16,11 @@ GUEST_MODES = ("user", "nice")
 
 
 @register
-class CPUCollector(Collector):
+class CPUCollector(Collector[NoOptions]):
     name = "cpu"
     description = "Seconds each CPU spent in each mode (user, system, idle, iowait, ...)."
 
-    def __init__(self, options: object, paths: HostPaths) -> None:
-        super().__init__(options, paths)
+    def setup(self) -> None:
         self.ticks_per_second = float(os.sysconf("SC_CLK_TCK"))
 
     def collect(self) -> Iterator[Metric]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, gauge, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, gauge, read_text, register
 
 # Metric → (help, files to try in order). Values are kHz. scaling_cur_freq is readable by every
 # user; cpuinfo_cur_freq (the hardware's own reading) is root-only and missing on many drivers.
@@ -28,7 +28,7 @@ def read_khz(directory: str, names: tuple[str, ...]) -> float | None:
 
 
 @register
-class CPUFreqCollector(Collector):
+class CPUFreqCollector(Collector[NoOptions]):
     name = "cpufreq"
     description = "Current, minimum and maximum frequency per CPU (sysfs cpufreq; nothing where absent)."
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from prometheus_client.core import Metric
 
 from perfwatch.common.config import Regex
-from perfwatch.exporter.collectors.base import Collector, HostPaths, counter, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, counter, gauge, parsing, read_text, register
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector size
 COUNT, SECTORS, MS = "count", "sectors", "ms"
@@ -54,14 +54,12 @@ class DiskstatsOptions:
 
 
 @register
-class DiskstatsCollector(Collector):
+class DiskstatsCollector(Collector[DiskstatsOptions]):
     name = "diskstats"
     description = "Disk I/O per device: bytes, operations, merges, time spent, I/Os in progress."
-    Options = DiskstatsOptions
 
-    def __init__(self, options: DiskstatsOptions, paths: HostPaths) -> None:
-        super().__init__(options, paths)
-        self.exclude = options.devices_exclude.compiled
+    def setup(self) -> None:
+        self.exclude = self.options.devices_exclude.compiled
 
     def collect(self) -> Iterator[Metric]:
         path = self.paths.proc("diskstats")

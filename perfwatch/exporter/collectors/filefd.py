@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, gauge, parsing, read_text, register
 
 
 @register
-class FilefdCollector(Collector):
+class FilefdCollector(Collector[NoOptions]):
     name = "filefd"
     description = "File handles allocated by the kernel and the system-wide maximum (fs.file-max)."
 

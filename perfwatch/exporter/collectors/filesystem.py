@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from prometheus_client.core import Metric
 
 from perfwatch.common.config import Duration, Regex
-from perfwatch.exporter.collectors.base import Collector, HostPaths, gauge, read_text, register
+from perfwatch.exporter.collectors.base import Collector, gauge, read_text, register
 
 log = logging.getLogger(__name__)
 
@@ -137,16 +137,14 @@ class FilesystemOptions:
 
 
 @register
-class FilesystemCollector(Collector):
+class FilesystemCollector(Collector[FilesystemOptions]):
     name = "filesystem"
     description = "Filesystem size, free and available bytes, inodes, read-only flag, per mount point."
-    Options = FilesystemOptions
 
-    def __init__(self, options: FilesystemOptions, paths: HostPaths) -> None:
-        super().__init__(options, paths)
-        self.mount_points_exclude = options.mount_points_exclude.compiled
-        self.fs_types_exclude = options.fs_types_exclude.compiled
-        self.runner = StatvfsRunner(options.statvfs_timeout)
+    def setup(self) -> None:
+        self.mount_points_exclude = self.options.mount_points_exclude.compiled
+        self.fs_types_exclude = self.options.fs_types_exclude.compiled
+        self.runner = StatvfsRunner(self.options.statvfs_timeout)
         self.failing: set[str] = set()  # mount points whose statvfs() failed last time
 
     def mounts(self) -> list[Mount]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, info, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, info, read_text, register
 
 
 def os_release(text: str) -> dict[str, str]:
@@ -38,7 +38,7 @@ def cpu_model_and_count(cpuinfo: str) -> tuple[str, int]:
 
 
 @register
-class HostCollector(Collector):
+class HostCollector(Collector[NoOptions]):
     name = "host"
     description = "perfwatch_host_info: hostname, kernel, OS, architecture, CPU model and count."
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, gauge, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, gauge, read_text, register
 
 
 def read_number(path: str) -> float | None:
@@ -58,7 +58,7 @@ def chip_directories(base: str) -> list[tuple[str, str]]:
 
 
 @register
-class HwmonCollector(Collector):
+class HwmonCollector(Collector[NoOptions]):
     name = "hwmon"
     description = "Temperatures (current, max, critical) and fan speeds of hwmon sensors, where there are any."
 

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, gauge, parsing, read_text, register
 
 
 @register
-class LoadavgCollector(Collector):
+class LoadavgCollector(Collector[NoOptions]):
     name = "loadavg"
     description = "Load averages over 1, 5 and 15 minutes."
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, counter, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, counter, gauge, parsing, read_text, register
 
 # /proc/meminfo field → (metric suffix, help). Values there are kB unless noted.
 MEMINFO_BYTES = {
@@ -52,7 +52,7 @@ def parse_meminfo(text: str) -> dict[str, int]:
 
 
 @register
-class MemoryCollector(Collector):
+class MemoryCollector(Collector[NoOptions]):
     name = "memory"
     description = "Memory (total, available, used, cached, buffers, shared, ...), huge pages and swap."
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from prometheus_client.core import Metric
 
 from perfwatch.common.config import Regex
-from perfwatch.exporter.collectors.base import Collector, HostPaths, counter, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, counter, parsing, read_text, register
 
 # Column of /proc/net/dev after "iface:" → (metric, help). Receive columns 0-7, transmit 8-15.
 COLUMNS = (
@@ -30,14 +30,12 @@ class NetdevOptions:
 
 
 @register
-class NetdevCollector(Collector):
+class NetdevCollector(Collector[NetdevOptions]):
     name = "netdev"
     description = "Network traffic per interface: bytes, packets, errors, drops."
-    Options = NetdevOptions
 
-    def __init__(self, options: NetdevOptions, paths: HostPaths) -> None:
-        super().__init__(options, paths)
-        self.exclude = options.interfaces_exclude.compiled
+    def setup(self) -> None:
+        self.exclude = self.options.interfaces_exclude.compiled
 
     def collect(self) -> Iterator[Metric]:
         path = self.paths.proc("net", "dev")
@@ -45,10 +43,10 @@ class NetdevCollector(Collector):
         with parsing(path):
             for line in read_text(path).splitlines()[2:]:  # two header lines
                 # Interface names cannot contain ':'; large counters may touch it ("eth0:123").
-                interface, _, values = line.partition(":")
+                interface, _, columns = line.partition(":")
                 interface = interface.strip()
                 if not self.exclude.match(interface):
-                    numbers = [float(v) for v in values.split()]
+                    numbers = [float(v) for v in columns.split()]
                     rows.append((interface, [numbers[column] for column, _, _ in COLUMNS]))
         for i, (_, name, doc) in enumerate(COLUMNS):
             family = counter(name, doc, labels=["interface"])

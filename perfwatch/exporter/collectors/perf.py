@@ -64,16 +64,18 @@ def _errno_name(err: int) -> str:
 
 
 @register
-class PerfCollector(Collector):
+class PerfCollector(Collector[PerfOptions]):
     name = "perf"
     description = "Hardware, cache and software perf-event counters per CPU (perf_event_open)."
-    Options = PerfOptions
 
     def __init__(self, options: PerfOptions, paths: HostPaths, kernel: pe.Kernel | None = None) -> None:
-        super().__init__(options, paths)
+        # The syscall boundary, which tests replace with a fake PMU; set before setup() opens counters.
         self.kernel: pe.Kernel = kernel or pe.Syscalls()
-        self.events = [pe.EVENTS[name] for name in options.events]
-        self.wanted = set(pe.parse_cpu_list(options.cpus)) if options.cpus else None
+        super().__init__(options, paths)
+
+    def setup(self) -> None:
+        self.events = [pe.EVENTS[name] for name in self.options.events]
+        self.wanted = set(pe.parse_cpu_list(self.options.cpus)) if self.options.cpus else None
         self.slots: dict[tuple[str, int], _Slot] = {}
         # errno of the open that failed. Unsupported and refused events stay failed until a restart
         # (or their CPU returns); other errors (EMFILE, EBUSY, ENOMEM) are this moment's, retried
@@ -81,7 +83,7 @@ class PerfCollector(Collector):
         self.failed: dict[tuple[str, int], int] = {}
         self.active: set[int] = set()
         self._read_failing: set[tuple[str, int]] = set()
-        self.pmu_types = pe.hybrid_pmu_types(paths.sys("bus", "event_source", "devices"))
+        self.pmu_types = pe.hybrid_pmu_types(self.paths.sys("bus", "event_source", "devices"))
         self._raise_fd_limit(len(self.events) * len(self._online()))
         self._sync_cpus(log_changes=False)
         self._log_summary()
@@ -90,9 +92,9 @@ class PerfCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         self._sync_cpus(log_changes=True)
-        for (event, cpu), slot in self.slots.items():
+        for (name, cpu), slot in self.slots.items():
             if slot.fd is not None:
-                self._read(event, cpu, slot)
+                self._read(name, cpu, slot)
 
         supported = gauge("perf_event_supported", "1 if the event opened on a selected CPU, 0 if not "
                           "(see permission_denied for why).", labels=["event"])
@@ -105,13 +107,13 @@ class PerfCollector(Collector):
             family = counter(event.metric, event.help, labels=["cpu"])
             is_open = False
             for cpu in sorted(self.active):
-                slot = self.slots.get((event.name, cpu))
-                if slot is None:
+                found = self.slots.get((event.name, cpu))
+                if found is None:
                     continue
-                family.add_metric([str(cpu)], slot.total * event.scale)
-                if slot.fd is not None:
+                family.add_metric([str(cpu)], found.total * event.scale)
+                if found.fd is not None:
                     is_open = True
-                    ratio.add_metric([event.name, str(cpu)], slot.ratio)
+                    ratio.add_metric([event.name, str(cpu)], found.ratio)
             if family.samples:
                 yield family
             supported.add_metric([event.name], 1.0 if is_open else 0.0)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, counter, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, counter, parsing, read_text, register
 
 RESOURCES = ("cpu", "memory", "io")
 KINDS = {
@@ -17,7 +17,7 @@ KINDS = {
 
 
 @register
-class PressureCollector(Collector):
+class PressureCollector(Collector[NoOptions]):
     name = "pressure"
     description = "Pressure stall information: time tasks waited for CPU, memory and I/O (kernel ≥ 4.20)."
 

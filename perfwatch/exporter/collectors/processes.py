@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, gauge, parsing, read_text, register
 
 # The state letter of /proc/<pid>/stat (proc(5)). Every name is always emitted (0 included) so
 # that a state going away reads as 0, not as a missing series.
@@ -38,7 +38,7 @@ def read_stat(path: str) -> bytes | None:
 
 
 @register
-class ProcessesCollector(Collector):
+class ProcessesCollector(Collector[NoOptions]):
     name = "processes"
     description = "Processes per state (running, sleeping, disk_sleep, zombie, ...), threads, and pid/thread limits."
 

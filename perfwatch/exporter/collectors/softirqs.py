@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, counter, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, counter, parsing, read_text, register
 
 
 @register
-class SoftirqsCollector(Collector):
+class SoftirqsCollector(Collector[NoOptions]):
     name = "softirqs"
     description = "Soft interrupts serviced per type (net_rx, timer, sched, ...), all CPUs together."
 

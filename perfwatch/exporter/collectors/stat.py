@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, counter, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, counter, gauge, parsing, read_text, register
 
 # /proc/stat key → (metric, help, is counter). `intr` starts with the total over all interrupts.
 FIELDS = {
@@ -19,7 +19,7 @@ FIELDS = {
 
 
 @register
-class StatCollector(Collector):
+class StatCollector(Collector[NoOptions]):
     name = "stat"
     description = "Context switches, interrupts, forks, runnable and blocked tasks (/proc/stat)."
 

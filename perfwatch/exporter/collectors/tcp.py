@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, HostPaths, gauge, parsing, read_bytes, read_text, register
+from perfwatch.exporter.collectors.base import Collector, gauge, parsing, read_bytes, read_text, register
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,13 @@ class TCPOptions:
 
 
 @register
-class TCPCollector(Collector):
+class TCPCollector(Collector[TCPOptions]):
     name = "tcp"
     description = "TCP connections per state (IPv4 and IPv6) and socket counts per protocol."
-    Options = TCPOptions
 
-    def __init__(self, options: TCPOptions, paths: HostPaths) -> None:
-        super().__init__(options, paths)
+    def setup(self) -> None:
         self.page_size = os.sysconf("SC_PAGE_SIZE")
-        self.use_netlink = options.netlink
+        self.use_netlink = self.options.netlink
 
     def connection_states(self) -> Counter[int]:
         if self.use_netlink:

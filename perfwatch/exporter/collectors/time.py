@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, gauge, parsing, read_text, register
 
 
 @register
-class TimeCollector(Collector):
+class TimeCollector(Collector[NoOptions]):
     name = "time"
     description = "Current system time and boot time (seconds since the epoch)."
 

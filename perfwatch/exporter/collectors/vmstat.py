@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, counter, parsing, read_text, register
+from perfwatch.exporter.collectors.base import Collector, NoOptions, counter, parsing, read_text, register
 
 # /proc/vmstat key → (metric, help, multiplier to the base unit). pgpgin/pgpgout are in KiB
 # (the kernel turns sectors into kilobytes before printing them), whatever their name says.
@@ -20,7 +20,7 @@ FIELDS = {
 
 
 @register
-class VmstatCollector(Collector):
+class VmstatCollector(Collector[NoOptions]):
     name = "vmstat"
     description = "Page faults, major page faults, bytes paged in and out, OOM kills (/proc/vmstat)."
 
