@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from support.procs import REPO
 
+from perfwatch.archiver.maintenance import partition_tier
 from perfwatch.archiver.policy import Policy
-from perfwatch.archiver.service import partition_tier
 from perfwatch.archiver.settings import load_settings, metrics_url
 from perfwatch.common.config import ConfigError
 

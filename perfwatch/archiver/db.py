@@ -128,9 +128,7 @@ def run_script(conn: sa.Connection, script: str) -> None:
     Through the DBAPI connection without parameters: psycopg then leaves `%` alone, which
     plpgsql's format('%I') needs; SQLAlchemy's text() would also read `:name` as a parameter.
     """
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
-    dbapi.execute(script)  # type: ignore[attr-defined]
+    psycopg_connection(conn).execute(script)
 
 
 def psycopg_connection(conn: sa.Connection) -> psycopg.Connection[Any]:
@@ -141,7 +139,8 @@ def psycopg_connection(conn: sa.Connection) -> psycopg.Connection[Any]:
 
 def fn(name: str, *args: Any) -> sa.FunctionElement[Any]:
     """perfwatch.<name>(*args) as a Core function call."""
-    return getattr(getattr(sa.func, SCHEMA), name)(*args)
+    function: sa.FunctionElement[Any] = getattr(getattr(sa.func, SCHEMA), name)(*args)
+    return function
 
 
 def call_table(conn: sa.Connection, name: str, *args: Any) -> list[sa.Row[Any]]:

@@ -114,8 +114,8 @@ class EmbeddedPostgres:
         # Drop the group and supplementary groups too: with root's group kept, group permission
         # bits (not "other") decide access to root-owned directories.
         drop = {"user": self.run_as.pw_uid, "group": self.run_as.pw_gid, "extra_groups": []} if self.run_as else {}
-        result = subprocess.run(argv, capture_output=True, text=True, cwd=self.data_dir, timeout=120,
-                                **drop)  # type: ignore[call-overload]
+        result: subprocess.CompletedProcess[str] = subprocess.run(
+            argv, capture_output=True, text=True, cwd=self.data_dir, timeout=120, **drop)  # type: ignore[call-overload]
         if check and result.returncode != 0:
             raise RuntimeError(f"{Path(argv[0]).name} failed ({result.returncode}): "
                                f"{result.stderr.strip() or result.stdout.strip()}\n{self._log_tail()}")

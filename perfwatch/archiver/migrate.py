@@ -26,6 +26,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -123,7 +124,7 @@ def apply_migrations(engine: sa.Engine, schema_dir: Path = SCHEMA_DIR,
     return applied
 
 
-def _applied(conn: sa.Connection) -> dict[int, sa.Row]:
+def _applied(conn: sa.Connection) -> dict[int, sa.Row[Any]]:
     return {row.version: row for row in conn.execute(_APPLIED)}
 
 
@@ -154,12 +155,12 @@ def _adopt_legacy(conn: sa.Connection, migrations: list[Migration]) -> None:
              "the same tables; its functions are replaced", ", ".join(current[v].name for v in LEGACY_0_1_AS))
 
 
-def _is_legacy(done: dict[int, sa.Row]) -> bool:
+def _is_legacy(done: dict[int, sa.Row[Any]]) -> bool:
     last = done.get(6)
     return last is not None and (last.name, last.checksum) == LEGACY_0_1[6]
 
 
-def _check_unchanged(migration: Migration, done: sa.Row) -> None:
+def _check_unchanged(migration: Migration, done: sa.Row[Any]) -> None:
     if done.checksum != migration.checksum:
         raise MigrationError(f"migration {migration.name} was changed after it was applied "
                              f"(on {done.applied_at:%Y-%m-%d}); add a new numbered file instead of editing an "

@@ -78,12 +78,12 @@ def _run(command: str, settings: ArchiverSettings, engine: sa.Engine) -> int:
                   f"{run.dirty_buckets_written} again for late samples; watermark {_time(run.watermark_before)} → "
                   f"{_time(run.watermark_after)} ({run.seconds:.2f}s)")
     elif command == "retention":
-        run = run_retention(engine, policy)
-        print(f"created {len(run.created)} partitions ahead{_list(run.created)}")
-        print(f"dropped {len(run.dropped)} expired partitions{_list(run.dropped)}")
-        if run.waiting:
-            print(f"kept {len(run.waiting)} expired partitions until the next tier has rolled them up"
-                  f"{_list(run.waiting)}")
+        retention = run_retention(engine, policy)
+        print(f"created {len(retention.created)} partitions ahead{_list(retention.created)}")
+        print(f"dropped {len(retention.dropped)} expired partitions{_list(retention.dropped)}")
+        if retention.waiting:
+            print(f"kept {len(retention.waiting)} expired partitions until the next tier has rolled them up"
+                  f"{_list(retention.waiting)}")
     return 0
 
 

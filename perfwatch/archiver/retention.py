@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -65,7 +66,7 @@ def _create_ahead(engine: sa.Engine, name: str, now: dt.datetime) -> list[str]:
         return [row[0] for row in db.call_table(conn, "create_partitions_ahead", name, now)]
 
 
-def _drop_expired(engine: sa.Engine, name: str, now: dt.datetime, level_started: float) -> list[sa.Row]:
+def _drop_expired(engine: sa.Engine, name: str, now: dt.datetime, level_started: float) -> list[sa.Row[Any]]:
     with engine.begin() as conn:
         outcome = db.call_table(conn, "drop_expired", name, now)
         dropped = sum(1 for r in outcome if r.dropped)

@@ -21,6 +21,7 @@ import datetime as dt
 import logging
 import math
 import time
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -69,7 +70,7 @@ def _roll_tier(engine: sa.Engine, policy: Policy, level: int, name: str, resolut
     after = before
     delay = dt.timedelta(seconds=float(policy.rollup_delay))
     chunk = dt.timedelta(seconds=chunk_seconds(level, resolution))
-    def next_chunk() -> sa.Row:
+    def next_chunk() -> sa.Row[Any]:
         with engine.begin() as conn:
             return db.call_table(conn, "rollup_next", name, now, delay, chunk)[0]
 

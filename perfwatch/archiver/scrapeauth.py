@@ -169,7 +169,8 @@ class _HeaderAuth(requests.auth.AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         try:
-            request.headers["Authorization"] = self.config.header().encode()  # UTF-8 on the wire, as Go sends it
+            # UTF-8 on the wire, as Go sends it (a str would go out as latin-1)
+            request.headers["Authorization"] = self.config.header().encode()  # type: ignore[assignment]
         except (OSError, UnicodeDecodeError) as err:
             # A RequestException, so the scraper counts a failed scrape instead of crashing.
             path = getattr(self.config, "password_file", None) or getattr(self.config, "credentials_file", None)

@@ -25,7 +25,7 @@ TARGET = ["job", "instance"]
 class ArchiverMetrics:
     def __init__(self, spool: Spool | None = None) -> None:
         # `_created` series double every counter for nothing Prometheus 2.42 uses.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it untyped
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
 
@@ -71,7 +71,7 @@ class ArchiverMetrics:
         self.store_dropped: Callable[[], Mapping[str, int]] | None = None
         self._watermarks: dict[str, float] = {}
         self._lock = threading.Lock()
-        r.register(_Computed(self, spool))  # type: ignore[arg-type]
+        r.register(_Computed(self, spool))
         ProcessCollector(registry=r)
 
     def set_watermark(self, tier: str, timestamp: float | None) -> None:

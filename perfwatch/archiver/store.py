@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 LAST_SEEN_REFRESH_MS = 3_600_000  # series.last_seen is refreshed at most hourly per series
 COPY_TYPES = ["int4", "timestamptz", "float8"]
-BEGIN_WRITE = sa.select(sa.literal_column("*")).select_from(db.fn("begin_write").alias("f"))
+BEGIN_WRITE: sa.Select[Any] = sa.select(sa.literal_column("*")).select_from(db.fn("begin_write").alias("f"))
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -127,7 +127,8 @@ class Store:
                     new_partitions = self._ensure_partitions(conn, rows)
                     lo_ms, hi_ms = min(r[1] for r in rows), max(r[1] for r in rows)
                     inserted = self._copy(conn, rows, staged=staged)
-                    if inserted and guard.first_watermark is not None and lo_ms < _to_ms(guard.first_watermark):
+                    first_watermark_ms = _to_ms(guard.first_watermark)
+                    if inserted and first_watermark_ms is not None and lo_ms < first_watermark_ms:
                         conn.execute(sa.select(db.fn("note_late", guard.first_tier, _ts(lo_ms), _ts(hi_ms))))
             except Exception:
                 if conn.connection.dbapi_connection is not None and conn.connection.dbapi_connection.closed:
@@ -272,5 +273,5 @@ def _ts(ms: int) -> dt.datetime:
 def _to_ms(value: Any) -> int | None:
     if value is None:
         return None
-    delta = value - EPOCH
+    delta: dt.timedelta = value - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
