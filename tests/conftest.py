@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from support.archiver import stop_leftovers
+from support.pki import PKI
 from support.postgres import PostgresServer
 from support.procs import Service, free_port, python_module
 
@@ -69,3 +71,19 @@ def pg_dsn(postgres_server: PostgresServer) -> Iterator[str]:
     """A DSN (superuser) to a fresh, empty database of its own for this test."""
     with postgres_server.fresh_database() as dsn:
         yield dsn
+
+
+@pytest.fixture
+def stop_leftover_archivers() -> Iterator[None]:
+    """Stop, after the test, the archivers (support.archiver) it left running, even when it failed.
+
+    Modules that start archivers request it for every test:
+    `pytestmark = pytest.mark.usefixtures("stop_leftover_archivers")`."""
+    yield
+    stop_leftovers()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """CAs, a server certificate for 127.0.0.1 and client certificates (support.pki), made once; read-only."""
+    return PKI(tmp_path_factory.mktemp("pki"))

@@ -18,16 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.archiver import ArchiverProcess, scrape_numbers, stop_leftovers
+from support.archiver import ArchiverProcess, scrape_numbers
 from support.synthetic import SyntheticExporter
 
 from perfwatch.archiver.embedded import EmbeddedPostgres
 
-
-@pytest.fixture(autouse=True)
-def _stop_leftover_archivers() -> Iterator[None]:
-    yield
-    stop_leftovers()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stop_leftover_archivers")]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
@@ -13,7 +12,7 @@ import psycopg
 import pytest
 import requests
 import yaml
-from support.archiver import ArchiverProcess, archived, scrape_numbers, stop_leftovers
+from support.archiver import ArchiverProcess, archived, scrape_numbers
 from support.pki import PKI
 from support.procs import REPO, Service, free_port, python_module
 from support.prometheus import promtool
@@ -22,11 +21,7 @@ from support.synthetic import NASTY_VALUES, SyntheticExporter, counter_value, ga
 from perfwatch.archiver.embedded import EmbeddedPostgres
 from perfwatch.archiver.model import Batch
 
-
-@pytest.fixture(autouse=True)
-def _stop_leftover_archivers() -> Iterator[None]:
-    yield
-    stop_leftovers()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stop_leftover_archivers")]
 
 LOGFMT = re.compile(r'^ts=\S+Z level=(debug|info|warning|error) logger=\S+ msg=".*"$')
 

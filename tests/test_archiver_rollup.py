@@ -12,20 +12,15 @@ import itertools
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from support.archiver import ArchiverProcess, archived, stop_leftovers
+from support.archiver import ArchiverProcess, archived
 from support.procs import REPO
 from support.synthetic import SyntheticExporter
 
-
-@pytest.fixture(autouse=True)
-def _stop_leftover_archivers() -> Iterator[None]:
-    yield
-    stop_leftovers()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stop_leftover_archivers")]
 
 POLICY = {"raw_retention": "1h", "rollup_delay": "1ms",
           "tiers": [{"resolution": "1s", "retention": "1h"}, {"resolution": "2s", "retention": "1h"}]}

@@ -6,16 +6,18 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
+import pytest
 import requests
 from support.exposition import values
 from support.procs import REPO, Service, free_port
+from support.waiting import wait_until
 
 from perfwatch.archiver.embedded import EmbeddedPostgres
 
 
+@pytest.mark.slow
 def test_scripts_run_archives_the_exporter_into_embedded_postgres_and_stops_both(tmp_path: Path) -> None:
     exporter_port, archiver_port = free_port(), free_port()
     data = tmp_path / "data"
@@ -42,16 +44,17 @@ def test_scripts_run_archives_the_exporter_into_embedded_postgres_and_stops_both
 
 def wait_until_written(url: str, service: Service, timeout: float = 60.0) -> None:
     """Until the archiver has written samples scraped from the exporter (job perfwatch)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def written_and_up() -> bool:
         text = requests.get(f"{url}/metrics", timeout=10).text
         written = values(text, "perfwatch_archiver_samples_written_total")
         up = values(text, "perfwatch_archiver_target_up")
         if any(v > 0 for v in written.values()) and up and all(v == 1 for v in up.values()):
             assert all(("job", "perfwatch") in key for key in written)
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the archiver wrote nothing from the exporter:\n{service.log()[-4000:]}")
+            return True
+        return False
+
+    wait_until(written_and_up, "the archiver to write samples from the exporter", timeout, interval=0.2,
+               details=lambda: service.log()[-4000:])
 
 
 def test_scripts_run_stops_the_archiver_when_the_exporter_cannot_start(tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ def test_body_trickling_past_the_timeout_is_a_timeout() -> None:
         try:
             for _ in range(40):
                 conn.sendall(b"a 1\n" * 64)
-                time.sleep(0.05)
+                time.sleep(0.05)  # the trickle's pace: 40 chunks over 2 s
         except OSError:
             pass
         conn.close()

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from support.waiting import wait_until
+
 from perfwatch.common.config import Duration
 from perfwatch.exporter.collectors.base import HostPaths
 from perfwatch.exporter.collectors.filesystem import FilesystemCollector, FilesystemOptions, StatvfsRunner, parse_mounts
@@ -33,13 +35,6 @@ class HangingStatvfs:
         return os.statvfs("/")
 
 
-def wait_until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_hung_statvfs_costs_one_timeout_then_is_skipped_until_it_returns() -> None:
     fake = HangingStatvfs("/hung")
     runner = StatvfsRunner(timeout=0.3, statvfs=fake)
@@ -59,7 +54,7 @@ def test_hung_statvfs_costs_one_timeout_then_is_skipped_until_it_returns() -> No
         assert fake.calls.count("/hung") == 1
 
         fake.release.set()  # the server comes back
-        wait_until(lambda: not runner.hung)
+        wait_until(lambda: not runner.hung, "the hung mount to be forgotten", 5)
         third = runner.run(["/a", "/hung"])
         assert all(isinstance(r, os.statvfs_result) for r in third.values())
     finally:
@@ -81,7 +76,7 @@ def test_an_abandoned_worker_ends_when_its_hung_call_returns() -> None:
         assert runner.run(["/a", "/hung"])["/hung"] is None
         [abandoned] = statvfs_threads() - others
         fake.release.set()
-        wait_until(lambda: not runner.hung)
+        wait_until(lambda: not runner.hung, "the hung mount to be forgotten", 5)
         abandoned.join(5)
         assert not abandoned.is_alive()  # not blocked for ever on the old queue
         assert isinstance(runner.run(["/a", "/hung"])["/hung"], os.statvfs_result)

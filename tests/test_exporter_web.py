@@ -7,51 +7,56 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
+import psutil
 import pytest
+from support.waiting import wait_until
 
 from perfwatch.common.httpserver import Request, Response, WebServer, accepts_gzip
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 @pytest.fixture
-def slow_server() -> Iterator[tuple[WebServer, threading.Event]]:
-    """A server whose /slow answers only once the test sets the event."""
-    release = threading.Event()
+def slow_server() -> Iterator[tuple[WebServer, threading.Event, threading.Event]]:
+    """A server whose /slow sets `entered` once it has the request, then answers only once the test
+    sets `release`."""
+    entered, release = threading.Event(), threading.Event()
 
     def slow(_request: Request) -> Response:
+        entered.set()
         release.wait(10)
         return Response(200, b"x" * 100_000)
 
     server = WebServer("127.0.0.1", 0, {"/slow": slow, "/fast": lambda _r: Response(200, b"ok\n")},
                        server_name="test")
     server.start()
-    yield server, release
+    yield server, entered, release
     release.set()
     server.stop()
 
 
+def server_end_open(server_port: int, client_port: int) -> bool:
+    """Whether this process's server still holds its end of the client's connection (a reset removes it)."""
+    return any(c.laddr and c.laddr.port == server_port and c.raddr and c.raddr.port == client_port
+               for c in psutil.Process().net_connections("tcp4"))
+
+
 def test_a_client_that_leaves_mid_scrape_is_a_debug_line_not_a_traceback(
-        slow_server: tuple[WebServer, threading.Event], caplog: pytest.LogCaptureFixture,
+        slow_server: tuple[WebServer, threading.Event, threading.Event], caplog: pytest.LogCaptureFixture,
         capfd: pytest.CaptureFixture[str]) -> None:
-    server, release = slow_server
+    server, entered, release = slow_server
     caplog.set_level(logging.DEBUG, logger="perfwatch.common.httpserver")
     # Prometheus giving up at its scrape timeout: the request is sent, the connection reset.
     client = socket.create_connection(("127.0.0.1", server.port))
     client.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    time.sleep(0.2)  # the server has read the request and waits in the handler
+    client_port = client.getsockname()[1]
+    assert entered.wait(10), "the handler never got the request"  # it has read it and waits
     client.close()
-    time.sleep(0.2)
+    # The handler writes only once the reset has reached the server, so that its write fails.
+    wait_until(lambda: not server_end_open(server.port, client_port), "the reset to reach the server")
     release.set()
-    wait_until(lambda: "ended early" in caplog.text)
+    wait_until(lambda: "ended early" in caplog.text, "the 'ended early' log line")
     assert "connection from 127.0.0.1 ended early" in caplog.text
     assert "Traceback" not in capfd.readouterr().err  # socketserver's default: a bare traceback on stderr
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as again:  # still serving
@@ -77,11 +82,11 @@ def test_idle_connections_are_closed_and_their_threads_end() -> None:
             answer += used.recv(1000)
         assert answer.startswith(b"HTTP/1.1 200")  # keep-alive: the server holds it open
         silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)  # never says a word
-        wait_until(lambda: server_threads() == before + 2)
+        wait_until(lambda: server_threads() == before + 2, "a thread for each connection")
         start = time.monotonic()
         assert used.recv(1000) == b"" and silent.recv(1000) == b""  # closed by the server
         assert time.monotonic() - start < 5
-        wait_until(lambda: server_threads() == before)
+        wait_until(lambda: server_threads() == before, "the connections' threads to end")
         used.close()
         silent.close()
     finally:

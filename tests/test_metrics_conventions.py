@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from support.exposition import samples
 from support.prometheus import Prometheus, promtool
 
@@ -26,6 +27,7 @@ def test_names_use_prefix_and_base_units(start_exporter) -> None:
         assert "pid" not in sample.labels, sample
 
 
+@pytest.mark.slow
 def test_real_prometheus_scrapes_and_rates(start_exporter, tmp_path: Path) -> None:
     exporter = start_exporter()
     config = {

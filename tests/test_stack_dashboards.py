@@ -44,6 +44,7 @@ from support.grafana import (
 )
 from support.procs import REPO, Service, free_port, python_module
 from support.prometheus import Prometheus
+from support.waiting import wait_until
 from test_collectors_fake_host import HWMON
 from test_perf_collector import FakeKernel
 
@@ -51,9 +52,11 @@ from perfwatch.archiver.embedded import EmbeddedPostgres, bin_dir
 from perfwatch.common.config import from_mapping
 from perfwatch.common.httpserver import WebServer, metrics_handler
 from perfwatch.exporter import perf_events as pe
+from perfwatch.exporter.collect import CollectorSet, build_registry
 from perfwatch.exporter.collectors import load_all
 from perfwatch.exporter.collectors.base import HostPaths
-from perfwatch.exporter.scrape import CollectorSet, build_registry
+
+pytestmark = pytest.mark.slow  # a whole stack: PostgreSQL, exporters, archiver and Prometheus, filled with data
 
 DASHBOARDS = sorted((REPO / "grafana/dashboards").glob("*.json"))
 SCRAPE = "1s"  # the test stack scrapes every second; the datasources' timeInterval says the same
@@ -184,17 +187,6 @@ def prometheus_config(exporter: str, hardware: str, archiver: str, prometheus_po
     return config
 
 
-def wait_until(what: str, check: Any, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
@@ -243,11 +235,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             prom.wait_for('count(perfwatch_archiver_rollup_lag_seconds) == 2 and on () '
                           'count(perfwatch_archiver_scrape_failures_total) > 0', 90)
             with psycopg.connect(stack.superuser_dsn(), autocommit=True) as conn:
-                wait_until("both tiers rolled up", lambda: conn.execute(
+                wait_until(lambda: conn.execute(
                     "SELECT count(*) = 2 FROM perfwatch.tier WHERE name IN ('2s', '10s') AND watermark IS NOT NULL"
-                ).fetchone()[0] and conn.execute("SELECT count(*) > 0 FROM perfwatch.rollup_10s").fetchone()[0])
-            # Let Prometheus scrape the archiver once more, after the tiers are there.
-            time.sleep(2)
+                ).fetchone()[0] and conn.execute("SELECT count(*) > 0 FROM perfwatch.rollup_10s").fetchone()[0],
+                    "both tiers rolled up", 90, interval=0.5)
+            # Let Prometheus scrape the archiver twice after the tiers are there: with a scrape every
+            # second, one that started over 1 s from now had another one after now before it.
+            tiers_there = time.time()
+            prom.wait_for(f'timestamp(up{{job="perfwatch-archiver"}}) > {tiers_there + 1:.3f}')
             stack.real_names |= names(requests.get(f"http://127.0.0.1:{archiver_port}/metrics", timeout=30).text)
             yield stack
     finally:

@@ -93,6 +93,7 @@ def test_promql_builtins() -> None:
 NASTY = ["plain", "a.b:9100", "back\\slash", "it's", "(x|y)*", "ü☃", "[a-z]+ ^$"]
 
 
+@pytest.mark.slow
 def test_prometheus_variables_are_escaped_like_grafana_and_match_in_prometheus(start_exporter, tmp_path) -> None:
     """Multi-value regex escaping as Grafana writes it, run by a real Prometheus over a series
     whose label values need it: each selected value matches itself and nothing else."""

@@ -13,14 +13,10 @@ from cryptography.hazmat.primitives import serialization
 from support.pki import PKI
 from support.prometheus import promtool
 
-from perfwatch.common import webconfig
+from perfwatch.common import basicauth
+from perfwatch.common.basicauth import BasicAuth
 from perfwatch.common.config import ConfigError
-from perfwatch.common.webconfig import BasicAuth, load_web_config
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return PKI(tmp_path_factory.mktemp("pki"))
+from perfwatch.common.webconfig import load_web_config
 
 
 def fast_hash(password: str | bytes, cost: int = 4) -> str:
@@ -195,7 +191,7 @@ def test_unknown_users_pay_a_dummy_check_at_the_highest_cost(monkeypatch: pytest
         checked.append(hashed)
         return real_checkpw(password, hashed)
 
-    monkeypatch.setattr(webconfig.bcrypt, "checkpw", counting_checkpw)
+    monkeypatch.setattr(basicauth.bcrypt, "checkpw", counting_checkpw)
     result = auth.check(basic("intruder", "a"))
     assert not result.ok and result.reason == "unknown user"
     assert len(checked) == 1 and checked[0].startswith(b"$2b$06$")  # really ran, at the highest cost
@@ -210,7 +206,7 @@ def test_concurrent_first_logins_run_bcrypt_once(monkeypatch: pytest.MonkeyPatch
         calls.append(1)
         return real_checkpw(password, hashed)
 
-    monkeypatch.setattr(webconfig.bcrypt, "checkpw", counting_checkpw)
+    monkeypatch.setattr(basicauth.bcrypt, "checkpw", counting_checkpw)
     results: list[bool] = []
     barrier = threading.Barrier(8)
 

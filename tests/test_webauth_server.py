@@ -92,11 +92,6 @@ class SecureExporter:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return PKI(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("webauth")
 
@@ -234,6 +229,7 @@ def test_promtool_accepts_the_same_web_config(mtls_exporter: SecureExporter,
         assert result.returncode == 0 and "SUCCESS" in result.stdout + result.stderr, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_prometheus_scrapes_the_authenticated_tls_exporter(mtls_exporter: SecureExporter, pki: PKI,
                                                            tmp_path: Path) -> None:
     password_file = tmp_path / "password"

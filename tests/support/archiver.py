@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import yaml
 
 from support.exposition import values
 from support.procs import Service, free_port, python_module
+from support.waiting import wait_until
 
 RUNNING: list[ArchiverProcess] = []  # started and not yet stopped, for stop_leftovers()
 
@@ -57,14 +57,16 @@ class ArchiverProcess:
         return sum(v for key, v in found.items() if all((k, val) in key for k, val in labels.items()))
 
     def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not reached within {timeout}s: {what}\n--- archiver log ---\n"
-                                     f"{self.service.log()[-5000:]}")
+        """wait_until(condition), failing at once if the archiver exits; either failure shows its log."""
+        def reached() -> bool:
+            if condition():
+                return True
             if not self.service.running:
                 raise AssertionError(f"archiver exited while waiting for {what}:\n{self.service.log()[-5000:]}")
-            time.sleep(0.1)
+            return False
+
+        wait_until(reached, what, timeout, interval=0.1,
+                   details=lambda: f"--- archiver log ---\n{self.service.log()[-5000:]}")
 
     def stop(self, signum: int | None = None) -> int:
         if self in RUNNING:

@@ -29,7 +29,8 @@ class Service:
     def __init__(self, argv: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None,
                  ready_url: str | None = None, ready_timeout: float = 30.0,
                  user: str | None = None, group: str | int | None = None,
-                 extra_groups: list[str | int] | None = None, verify: bool | str = True) -> None:
+                 extra_groups: list[str | int] | None = None, verify: bool | str = True,
+                 cwd: Path = REPO) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         self.ready_url = ready_url
@@ -41,12 +42,13 @@ class Service:
         self.group = group
         self.extra_groups = extra_groups
         self.verify = verify
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     user=self.user, group=self.group, extra_groups=self.extra_groups, cwd=REPO)
+                                     user=self.user, group=self.group, extra_groups=self.extra_groups, cwd=self.cwd)
         if self.ready_url:
             self.wait_ready()
         return self

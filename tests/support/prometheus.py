@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import requests
 import yaml
 
 from support.procs import Service, free_port
+from support.waiting import wait_until
 
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -58,12 +58,5 @@ class Prometheus:
 
     def wait_for(self, expr: str, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Poll `expr` until it returns a non-empty result."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = self.query(expr)
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{expr!r} still empty after {timeout}s; targets: {self.targets()}\n"
-                                     f"{self.service.log()}")
-            time.sleep(0.5)
+        return wait_until(lambda: self.query(expr), f"{expr!r} to return a result", timeout, interval=0.5,
+                          details=lambda: f"targets: {self.targets()}\n{self.service.log()}")
