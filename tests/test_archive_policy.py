@@ -23,9 +23,9 @@ def load(text: str) -> Policy:
 
 def test_defaults_and_yaml() -> None:
     default = load("policy: {}")
-    assert (default.raw_retention, default.rollup_delay) == (7 * 86400, 60)
-    assert [(t.resolution, t.retention, t.name) for t in default.tiers] == [(300, 90 * 86400, "5m"),
-                                                                          (3600, 730 * 86400, "1h")]
+    assert (default.raw_retention, default.rollup_delay) == (7 * 86400.0, 60.0)
+    assert [(t.resolution, t.retention, t.name) for t in default.tiers] == [(300.0, 90 * 86400.0, "5m"),
+                                                                          (3600.0, 730 * 86400.0, "1h")]
     custom = load("""
 policy:
   raw_retention: 3d

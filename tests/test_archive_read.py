@@ -54,7 +54,7 @@ class Archive:
     def panel(self, *args: Any) -> list[tuple[dt.datetime, str, float]]:
         placeholders = ", ".join(f":a{i}" for i in range(len(args)))
         with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(  # type: ignore[misc]
+            return [tuple(r) for r in conn.execute(
                 sa.text(f"SELECT * FROM perfwatch.panel({placeholders})"), {f"a{i}": a for i, a in enumerate(args)})]
 
 
@@ -155,7 +155,7 @@ def test_matchers(archive: Archive) -> None:
     with pytest.raises(sa.exc.DBAPIError, match="must be a string, a list"):
         codes({"code": 200})
     with pytest.raises(sa.exc.DBAPIError, match="matchers must be a JSON object"):
-        codes(["code", "200"])  # type: ignore[arg-type]
+        codes(["code", "200"])  # type: ignore[arg-type]  # deliberately not a dict
     with pytest.raises(sa.exc.DBAPIError, match="step must be a positive interval"):
         archive.series("synthetic_requests_total", {}, T_FROM, T_TO, "0 seconds")
 

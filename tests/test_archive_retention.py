@@ -4,10 +4,12 @@ dropped, and never one the next tier has not rolled up yet (Thanos lost data tha
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 from support.archive import batches, ms, synthetic
+from support.postgres import scalar
 
 from perfwatch.archiver import db
 from perfwatch.archiver.migrate import apply_migrations
@@ -26,14 +28,14 @@ START = dt.datetime(2024, 6, 1, 0, 0, 30, tzinfo=dt.UTC)
 END = dt.datetime(2024, 6, 7, tzinfo=dt.UTC)
 
 
-def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=dt.UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
 
 
 def partitions(engine: sa.Engine, tier: str) -> list[str]:
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT table_name FROM perfwatch.partition WHERE tier = :t ORDER BY lo"),
-                            {"t": tier}).scalars().all()  # type: ignore[return-value]
+        return list(conn.execute(sa.text("SELECT table_name FROM perfwatch.partition WHERE tier = :t ORDER BY lo"),
+                                 {"t": tier}).scalars())
 
 
 def tables(engine: sa.Engine) -> set[str]:
@@ -43,14 +45,14 @@ def tables(engine: sa.Engine) -> set[str]:
 
 
 @pytest.fixture
-def engine(pg_dsn: str) -> sa.Engine:
+def engine(pg_dsn: str) -> Iterator[sa.Engine]:
     engine = db.make_engine(pg_dsn)
     apply_migrations(engine)
     mirror_policy(engine, POLICY)
     store = Store(engine)
     for b in batches(synthetic(START, (END - START).total_seconds() / 3600, interval_s=120), per_batch_ms=6 * 3600_000):
         store.write(b)
-    yield engine  # type: ignore[misc]
+    yield engine
     engine.dispose()
 
 
@@ -150,10 +152,9 @@ def test_retention_and_a_writer_in_mid_write_do_not_deadlock(pg_dsn: str, caplog
     with caplog.at_level("INFO", logger="perfwatch.archiver"):
         retention.start()
         deadline = time.monotonic() + 30
-        while not writer.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        while not scalar(writer, "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
                                  "WHERE d.datname = current_database() AND l.locktype = 'relation' AND NOT l.granted "
-                                 "AND l.relation = 'perfwatch.lock_raw_write'::regclass AND l.mode = 'ExclusiveLock'"
-                                 ).fetchone()[0]:  # type: ignore[index]
+                                 "AND l.relation = 'perfwatch.lock_raw_write'::regclass AND l.mode = 'ExclusiveLock'"):
             assert time.monotonic() < deadline and retention.is_alive(), "retention never waited for the writer"
             time.sleep(0.05)
         # The writer needs a partition nobody created ahead: it takes the partition lock now.

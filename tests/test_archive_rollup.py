@@ -34,7 +34,7 @@ from perfwatch.archiver import db
 from perfwatch.archiver.migrate import apply_migrations
 from perfwatch.archiver.model import Batch, MetricMeta, Sample
 from perfwatch.archiver.policy import Policy, mirror_policy
-from perfwatch.archiver.rollup import run_rollups
+from perfwatch.archiver.rollup import TierRun, run_rollups
 from perfwatch.archiver.status import tier_status
 from perfwatch.archiver.store import Store
 from perfwatch.common.config import Duration
@@ -43,6 +43,7 @@ START = dt.datetime(2024, 3, 9, 21, 13, 7, 123000, tzinfo=dt.UTC)  # deliberatel
 HOURS = 30
 NOW = START + dt.timedelta(hours=HOURS, minutes=20)
 POLICY = Policy()  # raw 7d, 5m for 90d, 1h for 2y
+Rolled = tuple[sa.Engine, list[SyntheticSeries], list[TierRun]]
 
 
 def tier_rows(engine: sa.Engine, table: str) -> dict[tuple[int, int], Stats]:
@@ -50,8 +51,9 @@ def tier_rows(engine: sa.Engine, table: str) -> dict[tuple[int, int], Stats]:
         "series_id", "bucket", "count", "sum", "min", "max", "first_ts", "first_value", "last_ts", "last_value",
         "increase", "resets")), schema="perfwatch")
     with engine.connect() as conn:
-        return {(r.series_id, ms(r.bucket)): Stats(r.count, r.sum, r.min, r.max, ms(r.first_ts), r.first_value,
-                                                    ms(r.last_ts), r.last_value, r.increase, r.resets)
+        # r.count would type as Row's Sequence.count method (SQLAlchemy resolves the column at runtime)
+        return {(r.series_id, ms(r.bucket)): Stats(r._mapping["count"], r.sum, r.min, r.max, ms(r.first_ts),
+                                                    r.first_value, ms(r.last_ts), r.last_value, r.increase, r.resets)
                 for r in conn.execute(sa.select(t))}
 
 
@@ -63,8 +65,9 @@ def series_ids(engine: sa.Engine) -> dict[tuple[str, tuple[tuple[str, str], ...]
 
 
 def assert_tier_matches(engine: sa.Engine, data: list[SyntheticSeries], table: str, width_s: int,
-                        watermark: dt.datetime) -> int:
+                        watermark: dt.datetime | None) -> int:
     """Every bucket of `table` before the watermark equals the raw computation, and none is missing."""
+    assert watermark is not None, f"{table} has no watermark"
     rows = tier_rows(engine, table)
     ids = series_ids(engine)
     checked = 0
@@ -101,7 +104,7 @@ def boundary_increase(rows: list[Stats]) -> float:
 
 
 @pytest.fixture(scope="module")
-def rolled(postgres_server: PostgresServer) -> Iterator[tuple[sa.Engine, list[SyntheticSeries], list]]:
+def rolled(postgres_server: PostgresServer) -> Iterator[Rolled]:
     """One database with HOURS of synthetic data stored and rolled up (shared by the read-only tests)."""
     with postgres_server.fresh_database() as dsn:
         engine = db.make_engine(dsn)
@@ -116,7 +119,7 @@ def rolled(postgres_server: PostgresServer) -> Iterator[tuple[sa.Engine, list[Sy
         engine.dispose()
 
 
-def test_every_tier_equals_raw(rolled: tuple[sa.Engine, list[SyntheticSeries], list]) -> None:
+def test_every_tier_equals_raw(rolled: Rolled) -> None:
     engine, data, runs = rolled
     five, hour = runs
     assert five.watermark_after == dt.datetime(2024, 3, 11, 3, 30, tzinfo=dt.UTC)  # NOW - 1m delay, floored to 5m
@@ -126,11 +129,12 @@ def test_every_tier_equals_raw(rolled: tuple[sa.Engine, list[SyntheticSeries], l
     assert assert_tier_matches(engine, data, "rollup_1h", 3600, hour.watermark_after) == hour.buckets_written
 
 
-def test_counter_increase_over_any_tier_equals_raw(rolled: tuple[sa.Engine, list[SyntheticSeries], list]) -> None:
+def test_counter_increase_over_any_tier_equals_raw(rolled: Rolled) -> None:
     """Σ increase inside buckets + the deltas across their boundaries = raw's increase, with resets
     inside buckets and on both sides of bucket boundaries."""
     engine, data, runs = rolled
     ids = series_ids(engine)
+    assert runs[1].watermark_after is not None
     end = ms(runs[1].watermark_after)
     # The data must hold resets on the first sample of a 5m bucket (seen only across the
     # boundary) and on the last one, or this test proves less than it claims.
@@ -149,7 +153,7 @@ def test_counter_increase_over_any_tier_equals_raw(rolled: tuple[sa.Engine, list
             assert close(boundary_increase([st for _, st in rows]), increase(raw)), (table, s.name, dict(s.labels))
 
 
-def test_rollup_is_idempotent(rolled: tuple[sa.Engine, list[SyntheticSeries], list]) -> None:
+def test_rollup_is_idempotent(rolled: Rolled) -> None:
     engine, _, runs = rolled
     before = {t: tier_rows(engine, t) for t in ("rollup_5m", "rollup_1h")}
     again = run_rollups(engine, POLICY, NOW)
@@ -207,7 +211,7 @@ def test_late_samples_are_rolled_up_again(pg_dsn: str) -> None:
 def test_first_tier_waits_for_the_delay_and_tiers_for_the_one_below(pg_dsn: str) -> None:
     engine = db.make_engine(pg_dsn)
     apply_migrations(engine)
-    policy = Policy(rollup_delay=120)  # type: ignore[arg-type]
+    policy = Policy(rollup_delay=Duration(120))
     start = dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.UTC)
     store = Store(engine)
     for batch in batches(synthetic(start, 1.2)):
@@ -222,7 +226,7 @@ def test_first_tier_waits_for_the_delay_and_tiers_for_the_one_below(pg_dsn: str)
     engine.dispose()
 
 
-def test_tier_status(rolled: tuple[sa.Engine, list[SyntheticSeries], list]) -> None:
+def test_tier_status(rolled: Rolled) -> None:
     engine, data, runs = rolled
     # Rows are PostgreSQL's live-row counts (no count(*), no ANALYZE needed); a backend reports
     # its inserts to the statistics once idle, within a second or so (at most about 10 s).
@@ -235,6 +239,7 @@ def test_tier_status(rolled: tuple[sa.Engine, list[SyntheticSeries], list]) -> N
     last = max(t for s in data for t, _ in s.points)  # 03:13:07.x, the data's end
     assert raw.newest == at(last)
     assert (five.watermark, hour.watermark) == (runs[0].watermark_after, runs[1].watermark_after)
+    assert five.watermark is not None and hour.watermark is not None
     assert five.newest == at(floor_ms(last, 300_000))  # the bucket of the last sample (03:10)
     assert hour.newest == hour.watermark - dt.timedelta(hours=1)  # the last closed one (02:00)
     assert five.lag_seconds == (NOW - five.watermark).total_seconds() and raw.lag_seconds is None
@@ -242,6 +247,7 @@ def test_tier_status(rolled: tuple[sa.Engine, list[SyntheticSeries], list]) -> N
     assert raw.rows_estimate == sum(len(s.points) for s in data)
     assert five.rows_estimate == runs[0].buckets_written and hour.rows_estimate == runs[1].buckets_written
     for level in (raw, five, hour):
+        assert level.bytes_per_row is not None
         assert level.bytes > 0 and 40 < level.bytes_per_row < 2000
         assert level.dirty_ranges == 0 and level.in_policy
     assert five.last_rollup_at == NOW and five.last_rollup_rows == 0  # the idempotency test ran a pass after

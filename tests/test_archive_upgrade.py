@@ -120,5 +120,5 @@ def test_an_archive_made_by_0_1_reads_the_same_after_the_upgrade(legacy_archive:
     run_retention(engine, POLICY, NOW + dt.timedelta(hours=3))
     with engine.connect() as conn:
         newest = conn.execute(sa.text("SELECT max(bucket) FROM perfwatch.rollup_5m")).scalar()
-    assert newest >= NOW + dt.timedelta(hours=1)
+    assert newest is not None and newest >= NOW + dt.timedelta(hours=1)
     engine.dispose()

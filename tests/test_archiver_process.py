@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bcrypt
 import psycopg
@@ -21,13 +22,16 @@ from support.synthetic import NASTY_VALUES, SyntheticExporter, counter_value, ga
 from perfwatch.archiver.embedded import EmbeddedPostgres
 from perfwatch.archiver.model import Batch
 
+if TYPE_CHECKING:
+    from conftest import StartExporter
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stop_leftover_archivers")]
 
 LOGFMT = re.compile(r'^ts=\S+Z level=(debug|info|warning|error) logger=\S+ msg=".*"$')
 
 
 def test_scrapes_synthetic_and_real_exporter_into_postgres_and_flushes_on_sigterm(
-        tmp_path: Path, pg_dsn: str, start_exporter) -> None:
+        tmp_path: Path, pg_dsn: str, start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     with SyntheticExporter(reset_every=5) as synth:
         archiver = ArchiverProcess(tmp_path, {
@@ -77,7 +81,7 @@ def test_scrapes_synthetic_and_real_exporter_into_postgres_and_flushes_on_sigter
     assert nasty == {(str(i), v) for i, v in enumerate(NASTY_VALUES)}
 
     with psycopg.connect(pg_dsn) as conn:
-        kinds = dict(conn.execute("SELECT name, kind || '/' || family_type FROM perfwatch.metric"
+        kinds: dict[str, str] = dict(conn.execute("SELECT name, kind || '/' || family_type FROM perfwatch.metric"
                                   " WHERE name LIKE 'synthetic%'").fetchall())
     assert kinds == {
         "synthetic_requests_total": "counter/counter", "synthetic_temperature_celsius": "gauge/gauge",

@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from support.archiver import ArchiverProcess, archived
+from support.postgres import scalar
 from support.procs import REPO
 from support.synthetic import SyntheticExporter
 
@@ -76,7 +77,7 @@ def test_every_tier_gives_raws_increase_rate_avg_min_max(tmp_path: Path, pg_dsn:
                              "rollup"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert rollup.returncode == 0, rollup.stderr
     with psycopg.connect(pg_dsn) as conn:
-        watermark = conn.execute("SELECT watermark FROM perfwatch.tier WHERE name = '2s'").fetchone()[0]
+        watermark = scalar(conn, "SELECT watermark FROM perfwatch.tier WHERE name = '2s'")
     counter = [(ms, v) for lab, ms, v in archived(pg_dsn, "synthetic_requests_total") if lab["code"] == "200"]
     gauge = [(ms, v) for _, ms, v in archived(pg_dsn, "synthetic_temperature_celsius")]
     lo = -(-counter[0][0] // 2000) * 2000  # the first whole 2 s bucket
@@ -85,7 +86,7 @@ def test_every_tier_gives_raws_increase_rate_avg_min_max(tmp_path: Path, pg_dsn:
     inside = [v for t, v in counter if lo <= t < hi]
     assert any(b < a for a, b in itertools.pairwise(inside)), "no counter reset in the range"
 
-    totals = {}
+    totals: dict[str, float] = {}
     for step_s, served_by in ((0.5, "raw"), (1.0, "1s"), (2.0, "2s")):
         step_ms = int(step_s * 1000)
         got = read_series(pg_dsn, "synthetic_requests_total", {"code": "200"}, lo, hi, step_s)
@@ -94,7 +95,7 @@ def test_every_tier_gives_raws_increase_rate_avg_min_max(tmp_path: Path, pg_dsn:
         for t, _avg, _min, _max, increase, rate in got:
             assert increase == pytest.approx(want[t]["increase"], rel=1e-9, abs=1e-12), (served_by, t)
             assert rate == pytest.approx(want[t]["increase"] / step_s, rel=1e-9, abs=1e-12), (served_by, t)
-        totals[served_by] = sum(r[4] for r in got)
+        totals[served_by] = sum(r[4] or 0.0 for r in got)  # never None: each was compared with raw above
 
         gauge_got = read_series(pg_dsn, "synthetic_temperature_celsius", {}, lo, hi, step_s)
         gauge_want = raw_buckets(gauge, lo, hi, step_ms)

@@ -27,7 +27,7 @@ from perfwatch.archiver.scrape import (
 TARGET_LABELS = {"job": "node", "instance": "h:9"}
 
 
-def by_key(text: str, labels: dict[str, str] | None = None) -> dict[tuple[str, frozenset], float]:
+def by_key(text: str, labels: dict[str, str] | None = None) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     batch = parse_exposition(text, labels or TARGET_LABELS, 1_000)
     return {(s.name, frozenset(s.labels)): s.value for s in batch.samples}
 

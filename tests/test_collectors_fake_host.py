@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from support.exposition import names, samples, value, values
 from support.prometheus import promtool
 
 from perfwatch.exporter.collectors import load_all
+
+if TYPE_CHECKING:
+    from conftest import StartExporter
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -40,7 +43,7 @@ def labels(text: str, name: str) -> set[frozenset[tuple[str, str]]]:
 
 # --- pressure -------------------------------------------------------------------------------------
 
-def test_pressure_fake_tree_older_kernel_without_cpu_full(start_exporter, tmp_path: Path) -> None:
+def test_pressure_fake_tree_older_kernel_without_cpu_full(start_exporter: StartExporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {
         "pressure/cpu": "some avg10=1.00 avg60=0.50 avg300=0.10 total=1500000\n",
         "pressure/memory": "some avg10=0.00 avg60=0.00 avg300=0.00 total=2500000\n"
@@ -58,7 +61,7 @@ def test_pressure_fake_tree_older_kernel_without_cpu_full(start_exporter, tmp_pa
     assert "perfwatch_pressure_cpu_stalled_seconds_total" not in names(text)  # no "full" line for cpu
 
 
-def test_pressure_absent_emits_nothing(start_exporter, tmp_path: Path) -> None:
+def test_pressure_absent_emits_nothing(start_exporter: StartExporter, tmp_path: Path) -> None:
     (tmp_path / "proc").mkdir()
     text = start_exporter(only("pressure", procfs=str(tmp_path / "proc"))).scrape()
     assert value(text, "perfwatch_scrape_collector_success", collector="pressure") == 1
@@ -97,7 +100,7 @@ HWMON = {
 }
 
 
-def test_hwmon_fake_tree(start_exporter, tmp_path: Path) -> None:
+def test_hwmon_fake_tree(start_exporter: StartExporter, tmp_path: Path) -> None:
     sys_root = write(tmp_path / "sys", HWMON)
     text = start_exporter(only("hwmon", sysfs=str(sys_root))).scrape()
     assert value(text, "perfwatch_scrape_collector_success", collector="hwmon") == 1
@@ -117,7 +120,7 @@ def test_hwmon_fake_tree(start_exporter, tmp_path: Path) -> None:
     assert promtool("check", "metrics", stdin=text).returncode == 0
 
 
-def test_hwmon_none_emits_nothing(start_exporter, tmp_path: Path) -> None:
+def test_hwmon_none_emits_nothing(start_exporter: StartExporter, tmp_path: Path) -> None:
     (tmp_path / "sys").mkdir()
     text = start_exporter(only("hwmon", sysfs=str(tmp_path / "sys"))).scrape()
     assert value(text, "perfwatch_scrape_collector_success", collector="hwmon") == 1
@@ -126,7 +129,7 @@ def test_hwmon_none_emits_nothing(start_exporter, tmp_path: Path) -> None:
 
 # --- cpufreq --------------------------------------------------------------------------------------
 
-def test_cpufreq_fake_tree(start_exporter, tmp_path: Path) -> None:
+def test_cpufreq_fake_tree(start_exporter: StartExporter, tmp_path: Path) -> None:
     cpu = "devices/system/cpu"
     sys_root = write(tmp_path / "sys", {
         f"{cpu}/cpu0/cpufreq/scaling_cur_freq": "2400000\n",
@@ -163,7 +166,7 @@ DISKSTATS = (
 )
 
 
-def test_diskstats_fake_tree_scaling_and_default_exclude(start_exporter, tmp_path: Path) -> None:
+def test_diskstats_fake_tree_scaling_and_default_exclude(start_exporter: StartExporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {"diskstats": DISKSTATS})
     text = start_exporter(only("diskstats", procfs=str(proc))).scrape()
     assert value(text, "perfwatch_scrape_collector_success", collector="diskstats") == 1
@@ -189,7 +192,7 @@ def test_diskstats_fake_tree_scaling_and_default_exclude(start_exporter, tmp_pat
     assert value(text, "perfwatch_disk_flush_time_seconds_total", device="nvme0n1") == 0.009
 
 
-def test_diskstats_devices_exclude_option(start_exporter, tmp_path: Path) -> None:
+def test_diskstats_devices_exclude_option(start_exporter: StartExporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {"diskstats": DISKSTATS})
     text = start_exporter(only("diskstats", procfs=str(proc),
                                options={"diskstats": {"devices_exclude": "nvme.*"}})).scrape()
@@ -210,7 +213,7 @@ NET_DEV = (
 )
 
 
-def test_netdev_fake_tree_and_default_exclude(start_exporter, tmp_path: Path) -> None:
+def test_netdev_fake_tree_and_default_exclude(start_exporter: StartExporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {"net/dev": NET_DEV})
     text = start_exporter(only("netdev", procfs=str(proc))).scrape()
     assert {dict(k)["interface"] for k in values(text, "perfwatch_network_receive_bytes_total")} == {
@@ -221,7 +224,7 @@ def test_netdev_fake_tree_and_default_exclude(start_exporter, tmp_path: Path) ->
         assert value(text, f"perfwatch_network_{metric}_total", interface="eth0") == number, metric
 
 
-def test_netdev_interfaces_exclude_option(start_exporter, tmp_path: Path) -> None:
+def test_netdev_interfaces_exclude_option(start_exporter: StartExporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {"net/dev": NET_DEV})
     text = start_exporter(only("netdev", procfs=str(proc),
                                options={"netdev": {"interfaces_exclude": "veth.*"}})).scrape()
@@ -255,7 +258,7 @@ FILES = {"tcp": {"netlink": False}}
 SOCKSTAT6 = "TCP6: inuse 2\nUDP6: inuse 3\nUDPLITE6: inuse 0\nRAW6: inuse 0\nFRAG6: inuse 0 memory 0\n"
 
 
-def test_tcp_fake_tree_counts_every_state(start_exporter, tmp_path: Path) -> None:
+def test_tcp_fake_tree_counts_every_state(start_exporter: StartExporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {"net/tcp": TCP4, "net/tcp6": TCP6, "net/sockstat": SOCKSTAT,
                                      "net/sockstat6": SOCKSTAT6})
     text = start_exporter(only("tcp", procfs=str(proc), options=FILES)).scrape()
@@ -274,7 +277,7 @@ def test_tcp_fake_tree_counts_every_state(start_exporter, tmp_path: Path) -> Non
     assert value(text, "perfwatch_sockstat_memory_bytes", protocol="frag") == 4096
 
 
-def test_tcp_without_ipv6(start_exporter, tmp_path: Path) -> None:
+def test_tcp_without_ipv6(start_exporter: StartExporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {"net/tcp": TCP4, "net/sockstat": SOCKSTAT})
     text = start_exporter(only("tcp", procfs=str(proc), options=FILES)).scrape()
     assert value(text, "perfwatch_tcp_connections", state="listen") == 1
@@ -289,7 +292,7 @@ def stat_line(pid: int, comm: str, state: str, threads: int) -> str:
     return f"{pid} ({comm}) {state} 1 1 1 0 -1 4194560 10 0 0 0 5 3 0 0 20 0 {threads} 0 100 1000 200\n"
 
 
-def test_processes_fake_tree(start_exporter, tmp_path: Path) -> None:
+def test_processes_fake_tree(start_exporter: StartExporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {
         "1/stat": stat_line(1, "init", "S", 1),
         # A command name may hold spaces and ')': the state follows the last ')'.
@@ -322,7 +325,7 @@ def mount_escape(path: str) -> str:
     return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
 
 
-def test_filesystem_fake_mount_table(start_exporter, tmp_path: Path) -> None:
+def test_filesystem_fake_mount_table(start_exporter: StartExporter, tmp_path: Path) -> None:
     root = tmp_path / "root"
     for mountpoint in ("/", "/srv/data", ODD_MOUNT, "/dev/shm", "/proc"):
         (root / mountpoint.lstrip("/")).mkdir(parents=True, exist_ok=True)
@@ -357,7 +360,7 @@ def test_filesystem_fake_mount_table(start_exporter, tmp_path: Path) -> None:
     assert promtool("check", "metrics", stdin=text).returncode == 0
 
 
-def test_filesystem_exclude_options(start_exporter, tmp_path: Path) -> None:
+def test_filesystem_exclude_options(start_exporter: StartExporter, tmp_path: Path) -> None:
     root = tmp_path / "root"
     for mountpoint in ("dev/shm", "srv/data", "run"):
         (root / mountpoint).mkdir(parents=True)
@@ -408,7 +411,7 @@ def test_every_collector_option_names_its_key_when_wrong(tmp_path: Path) -> None
             "collectors.perf.cpus"} <= checked
 
 
-def test_fake_host_scrape_is_promtool_clean(start_exporter, tmp_path: Path) -> None:
+def test_fake_host_scrape_is_promtool_clean(start_exporter: StartExporter, tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {"diskstats": DISKSTATS, "net/dev": NET_DEV, "net/tcp": TCP4, "net/tcp6": TCP6,
                                      "net/sockstat": SOCKSTAT, "net/sockstat6": SOCKSTAT6,
                                      "pressure/cpu": "some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n"})
@@ -420,7 +423,8 @@ def test_fake_host_scrape_is_promtool_clean(start_exporter, tmp_path: Path) -> N
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
 
 
-def test_malformed_files_fail_their_collector_only_and_are_named_in_the_log(start_exporter, tmp_path: Path) -> None:
+def test_malformed_files_fail_their_collector_only_and_are_named_in_the_log(start_exporter: StartExporter,
+                                                                           tmp_path: Path) -> None:
     proc = write(tmp_path / "proc", {
         "loadavg": "not numbers at all\n",
         "vmstat": "pgfault lots\n",

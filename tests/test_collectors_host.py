@@ -14,10 +14,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from support.exposition import names, value, values
 
 from perfwatch.exporter.collectors.filesystem import FilesystemOptions, parse_mounts
+
+if TYPE_CHECKING:
+    from conftest import StartExporter
 
 
 def read(path: str) -> str:
@@ -45,20 +49,22 @@ def proc_stat_cpu_seconds() -> dict[tuple[str, str], float]:
     return out
 
 
-def test_cpu_seconds_match_proc_stat(start_exporter) -> None:
+def test_cpu_seconds_match_proc_stat(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     before = proc_stat_cpu_seconds()
     text = exporter.scrape()
     after = proc_stat_cpu_seconds()
     exported = values(text, "perfwatch_cpu_seconds_total")
-    assert len(exported) == len(before) == os.cpu_count() * 8
+    cpus = os.cpu_count()
+    assert cpus is not None
+    assert len(exported) == len(before) == cpus * 8
     for (cpu, mode), low in before.items():
         got = exported[frozenset({("cpu", cpu), ("mode", mode)})]
         # Between the two reads the kernel moves on; allow that plus one tick either side.
         assert low - 0.011 <= got <= after[(cpu, mode)] + 0.011, (cpu, mode, low, got)
 
 
-def test_memtotal_exact(start_exporter) -> None:
+def test_memtotal_exact(start_exporter: StartExporter) -> None:
     text = start_exporter().scrape()
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     assert value(text, "perfwatch_memory_total_bytes") == int(meminfo["MemTotal"].split()[0]) * 1024
@@ -70,7 +76,7 @@ def diskstats() -> dict[str, list[int]]:
     return {f[2]: [int(x) for x in f[3:]] for f in (line.split() for line in read("/proc/diskstats").splitlines())}
 
 
-def test_diskstats_per_device_match_proc(start_exporter) -> None:
+def test_diskstats_per_device_match_proc(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     before = diskstats()
     text = exporter.scrape()
@@ -99,7 +105,7 @@ def net_dev() -> dict[str, list[int]]:
     return out
 
 
-def test_netdev_per_interface_match_proc(start_exporter) -> None:
+def test_netdev_per_interface_match_proc(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     before = net_dev()
     text = exporter.scrape()
@@ -114,7 +120,7 @@ def test_netdev_per_interface_match_proc(start_exporter) -> None:
             assert_between(got, before[interface][column], after[interface][column], (metric, interface))
 
 
-def test_filesystem_sizes_match_statvfs(start_exporter) -> None:
+def test_filesystem_sizes_match_statvfs(start_exporter: StartExporter) -> None:
     text = start_exporter().scrape()
     sizes = values(text, "perfwatch_filesystem_size_bytes")
     mounts = {dict(k)["mountpoint"]: dict(k) for k in sizes}
@@ -155,7 +161,7 @@ def vmstat() -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in read("/proc/vmstat").splitlines())}
 
 
-def test_stat_softirqs_vmstat_match_proc(start_exporter) -> None:
+def test_stat_softirqs_vmstat_match_proc(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     stat0, soft0, vm0 = proc_stat(), softirqs(), vmstat()
     text = exporter.scrape()
@@ -174,7 +180,7 @@ def test_stat_softirqs_vmstat_match_proc(start_exporter) -> None:
         assert_between(value(text, f"perfwatch_{name}"), vm0[key] * scale, vm1[key] * scale, name)
 
 
-def test_loadavg_filefd_time_processes_match_proc(start_exporter) -> None:
+def test_loadavg_filefd_time_processes_match_proc(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     load0, file0, t0 = read("/proc/loadavg").split(), read("/proc/sys/fs/file-nr").split(), time.time()
     pids0 = {p for p in os.listdir("/proc") if p.isdigit()}
@@ -196,7 +202,7 @@ def test_loadavg_filefd_time_processes_match_proc(start_exporter) -> None:
     assert value(text, "perfwatch_threads_max") == int(read("/proc/sys/kernel/threads-max"))
 
 
-def test_pressure_matches_proc_or_is_absent(start_exporter) -> None:
+def test_pressure_matches_proc_or_is_absent(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     totals0 = psi_totals()
     text = exporter.scrape()
@@ -222,7 +228,7 @@ def psi_totals() -> dict[str, int]:
     return out
 
 
-def test_host_info_matches_kernel_and_os_release(start_exporter) -> None:
+def test_host_info_matches_kernel_and_os_release(start_exporter: StartExporter) -> None:
     text = start_exporter().scrape()
     [labels] = [dict(k) for k in values(text, "perfwatch_host_info")]
     assert value(text, "perfwatch_host_info") == 1
@@ -239,7 +245,7 @@ def test_host_info_matches_kernel_and_os_release(start_exporter) -> None:
     assert labels["cpu_model"] in (models or {""})
 
 
-def test_sensors_and_cpufreq_real_machine(start_exporter) -> None:
+def test_sensors_and_cpufreq_real_machine(start_exporter: StartExporter) -> None:
     """This VM has neither; on a machine that has them the values must match sysfs."""
     text = start_exporter().scrape()
     for collector in ("hwmon", "cpufreq"):
@@ -283,7 +289,7 @@ def proc_tcp_states() -> dict[str, int]:
     return counts
 
 
-def test_tcp_states_and_sockstat_match_proc(start_exporter) -> None:
+def test_tcp_states_and_sockstat_match_proc(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     with tcp_connections(pairs=3, listeners=4):
         before = proc_tcp_states()
@@ -303,7 +309,7 @@ def test_tcp_states_and_sockstat_match_proc(start_exporter) -> None:
     assert value(text, "perfwatch_sockstat_memory_bytes", protocol="tcp") % os.sysconf("SC_PAGE_SIZE") == 0
 
 
-def test_tcp_netlink_and_proc_files_agree(start_exporter, tmp_path: Path) -> None:
+def test_tcp_netlink_and_proc_files_agree(start_exporter: StartExporter, tmp_path: Path) -> None:
     """The netlink dump (default) and /proc/net/tcp* (netlink: false) count the same connections."""
     netlink = start_exporter()
     files = start_exporter({"collectors": {"tcp": {"netlink": False}}})

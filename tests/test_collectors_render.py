@@ -36,7 +36,7 @@ class Fixed:
 
 def reference(families: list[Metric]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Fixed(families))  # type: ignore[arg-type]
+    registry.register(Fixed(families))
     return generate_latest(registry)
 
 
@@ -91,7 +91,7 @@ def test_names_that_need_escaping_fall_back_to_prometheus_client() -> None:
     dotted = GaugeMetricFamily("perfwatch.dotted", "A UTF-8 metric name.", value=1)
     odd_label = GaugeMetricFamily("perfwatch_labels", "A UTF-8 label name.", labels=["ok", "not-ok"])
     odd_label.add_metric(["1", "2"], 3)
-    families = [dotted, odd_label, GaugeMetricFamily("perfwatch_fine", "Fine.", value=2)]
+    families: list[Metric] = [dotted, odd_label, GaugeMetricFamily("perfwatch_fine", "Fine.", value=2)]
     assert render_families(families) == reference(families)
 
 
@@ -100,7 +100,7 @@ def test_names_that_need_escaping_fall_back_to_prometheus_client() -> None:
 def test_format_value_matches_prometheus_client(number: float) -> None:
     from prometheus_client.utils import floatToGoString
 
-    assert format_value(number) == floatToGoString(number)
+    assert format_value(number) == floatToGoString(number)  # type: ignore[no-untyped-call]  # unannotated upstream
 
 
 def test_render_of_a_registry_with_process_metrics() -> None:
@@ -108,4 +108,4 @@ def test_render_of_a_registry_with_process_metrics() -> None:
     ProcessCollector(registry=registry)
     families = list(registry.collect())
     assert render_families(families) == reference(families)
-    assert render(Fixed(families)) == reference(families)  # type: ignore[arg-type]
+    assert render(Fixed(families)) == reference(families)

@@ -14,7 +14,7 @@ from pathlib import Path
 from support.waiting import wait_until
 
 from perfwatch.common.config import Duration
-from perfwatch.exporter.collectors.base import HostPaths
+from perfwatch.exporter.collectors.base import HostPaths, NoOptions
 from perfwatch.exporter.collectors.filesystem import FilesystemCollector, FilesystemOptions, StatvfsRunner, parse_mounts
 from perfwatch.exporter.collectors.host import cpu_model_and_count, os_release
 from perfwatch.exporter.collectors.tcp import count_proc_states
@@ -170,7 +170,7 @@ def test_process_limits_are_reread_after_a_minute(tmp_path: Path) -> None:
     kernel.mkdir(parents=True)
     (kernel / "pid_max").write_text("32768\n")
     (kernel / "threads-max").write_text("1000\n")
-    collector = ProcessesCollector(None, HostPaths(procfs=str(tmp_path)))
+    collector = ProcessesCollector(NoOptions(), HostPaths(procfs=str(tmp_path)))
 
     def pid_max() -> float:
         families = {f.name: f for f in collector.collect()}

@@ -11,7 +11,7 @@ from perfwatch.exporter.collect import CollectorSet
 from perfwatch.exporter.collectors.base import Collector, HostPaths, NoOptions, gauge
 
 
-class Slow(Collector):
+class Slow(Collector[NoOptions]):
     """Blocks in collect() until released; counts its collects and closes."""
 
     name = "slow"

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from support.exposition import value, values
 from support.procs import REPO
@@ -20,6 +21,9 @@ from test_perf_collector import perf_fds
 
 from perfwatch.archiver.embedded import _make_traversable
 from perfwatch.exporter import perf_events as pe
+
+if TYPE_CHECKING:
+    from conftest import StartExporter
 
 UNPRIVILEGED_USER = "perfwatch-test"
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -61,7 +65,7 @@ SOFTWARE = [e.name for e in pe.EVENTS.values() if not e.uses_pmu]
 HARDWARE = [e.name for e in pe.EVENTS.values() if e.uses_pmu]
 
 
-def test_page_faults_of_a_pinned_child_are_counted_on_its_cpu(start_exporter) -> None:
+def test_page_faults_of_a_pinned_child_are_counted_on_its_cpu(start_exporter: StartExporter) -> None:
     exporter = start_exporter({"collectors": {"perf": {"events": ["page-faults", "minor-faults"]}}})
     cpu = str(last_online_cpu())
     pages = 4096
@@ -75,7 +79,7 @@ def test_page_faults_of_a_pinned_child_are_counted_on_its_cpu(start_exporter) ->
         assert rise >= pages, (metric, rise)
 
 
-def test_context_switches_rise_under_a_sleep_loop(start_exporter) -> None:
+def test_context_switches_rise_under_a_sleep_loop(start_exporter: StartExporter) -> None:
     exporter = start_exporter({"collectors": {"perf": {"events": ["context-switches", "task-clock"]}}})
     cpu = str(last_online_cpu())
     sleeps = 300
@@ -88,7 +92,7 @@ def test_context_switches_rise_under_a_sleep_loop(start_exporter) -> None:
         before, "perfwatch_perf_task_clock_seconds_total", cpu=cpu)
 
 
-def test_every_event_is_reported_and_fds_match(start_exporter) -> None:
+def test_every_event_is_reported_and_fds_match(start_exporter: StartExporter) -> None:
     exporter = start_exporter()  # defaults: every event, every online CPU
     text = exporter.scrape()
     cpus = len(pe.parse_cpu_list(Path("/sys/devices/system/cpu/online").read_text()))
@@ -109,6 +113,7 @@ def test_every_event_is_reported_and_fds_match(start_exporter) -> None:
     opened = len(values(text, "perfwatch_perf_event_running_ratio"))  # one per open counter
     assert opened >= len(SOFTWARE) * cpus
     assert value(text, "perfwatch_perf_counters_open") == opened
+    assert exporter.service.proc is not None
     assert perf_fds(exporter.service.proc.pid) == opened
     assert value(text, "perfwatch_scrape_collector_success", collector="perf") == 1
     assert exporter.stop() == 0  # SIGTERM
@@ -131,7 +136,7 @@ def ensure_unprivileged_user() -> str | None:
     return UNPRIVILEGED_USER
 
 
-def test_unprivileged_exporter_reports_refusal_and_still_answers(start_exporter) -> None:
+def test_unprivileged_exporter_reports_refusal_and_still_answers(start_exporter: StartExporter) -> None:
     paranoid = int(Path("/proc/sys/kernel/perf_event_paranoid").read_text())
     exporter = start_exporter(None, user=ensure_unprivileged_user())
     text = exporter.scrape()  # HTTP 200 (checked by scrape)
@@ -148,6 +153,7 @@ def test_unprivileged_exporter_reports_refusal_and_still_answers(start_exporter)
         assert value(text, "perfwatch_perf_counters_open") == 0
         assert "refused for permission" in log and "CAP_PERFMON" in log
         assert f"kernel.perf_event_paranoid={paranoid}" in log
+        assert exporter.service.proc is not None
         assert perf_fds(exporter.service.proc.pid) == 0
     else:  # a machine that lets everyone count system-wide
         assert all(status[name] == 1 and refused[name] == 0 for name in SOFTWARE)

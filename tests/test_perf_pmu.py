@@ -6,11 +6,16 @@ saying so. They are the only tests that may skip.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 from support.exposition import value, values
 from test_perf_kernel import last_online_cpu, missing_pmu, run_pinned
 
 from perfwatch.exporter import perf_events as pe
+
+if TYPE_CHECKING:
+    from conftest import StartExporter
 
 pytestmark = pytest.mark.pmu
 
@@ -31,7 +36,7 @@ def rise(before: str, after: str, event: str, cpu: str) -> float:
     return value(after, metric, cpu=cpu) - value(before, metric, cpu=cpu)
 
 
-def test_instructions_cycles_and_branches_of_a_known_loop(start_exporter) -> None:
+def test_instructions_cycles_and_branches_of_a_known_loop(start_exporter: StartExporter) -> None:
     events = ["instructions", "cycles", "branch-instructions", "branch-misses"]
     exporter = start_exporter({"collectors": {"perf": {"events": events}}})
     cpu = str(last_online_cpu())
@@ -55,7 +60,7 @@ def test_instructions_cycles_and_branches_of_a_known_loop(start_exporter) -> Non
     assert value(after, "perfwatch_perf_event_running_ratio", event="instructions", cpu=cpu) > 0
 
 
-def test_cache_events_count_memory_work(start_exporter) -> None:
+def test_cache_events_count_memory_work(start_exporter: StartExporter) -> None:
     # Every hardware and cache event at once: more than the PMU has counters, so the kernel
     # multiplexes; the scaled estimates must still add up to at least the work done.
     exporter = start_exporter({"collectors": {"perf": {"events": ["instructions", *CACHE_EVENTS]}}})

@@ -300,6 +300,7 @@ def test_grafana_mounts_match_what_grafana_reads() -> None:
 
 
 def datasource(uid: str) -> dict[str, Any]:
+    found: dict[str, Any]
     (found,) = [d for d in DATASOURCES["datasources"] if d["uid"] == uid]
     return found
 

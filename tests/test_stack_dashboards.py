@@ -42,6 +42,7 @@ from support.grafana import (
     panels,
     variable_specs,
 )
+from support.postgres import scalar
 from support.procs import REPO, Service, free_port, python_module
 from support.prometheus import Prometheus
 from support.waiting import wait_until
@@ -54,7 +55,8 @@ from perfwatch.common.httpserver import WebServer, metrics_handler
 from perfwatch.exporter import perf_events as pe
 from perfwatch.exporter.collect import CollectorSet, build_registry
 from perfwatch.exporter.collectors import load_all
-from perfwatch.exporter.collectors.base import HostPaths
+from perfwatch.exporter.collectors.base import Collector, HostPaths
+from perfwatch.exporter.collectors.perf import PerfCollector
 
 pytestmark = pytest.mark.slow  # a whole stack: PostgreSQL, exporters, archiver and Prometheus, filled with data
 
@@ -108,8 +110,10 @@ class HardwareHost:
             (sysfs / relative).write_text(text)
         paths = HostPaths(sysfs=str(sysfs))
         registry = load_all()
-        collectors = [registry["perf"](from_mapping(registry["perf"].Options, {}, "collectors.perf"), paths,
-                                       kernel=CountingKernel())]  # type: ignore[call-arg]
+        perf = registry["perf"]
+        assert issubclass(perf, PerfCollector)  # the registry only knows it as a Collector
+        collectors: list[Collector[Any]] = [perf(from_mapping(perf.Options, {}, "collectors.perf"), paths,
+                                                 kernel=CountingKernel())]
         collectors += [registry[n](from_mapping(registry[n].Options, {}, f"collectors.{n}"), paths)
                        for n in ("hwmon", "cpufreq")]
         self.collectors = CollectorSet(collectors)
@@ -184,7 +188,8 @@ def prometheus_config(exporter: str, hardware: str, archiver: str, prometheus_po
                "prometheus": [f"127.0.0.1:{prometheus_port}"]}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": targets[job["job_name"]]}]
-    return config
+    prometheus_yml: dict[str, Any] = config
+    return prometheus_yml
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +208,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         dsn = conninfo_to_dict((secrets / "archiver_dsn").read_text())
         dsn.update(host="127.0.0.1", port=str(postgres.port))
         dsn_file = root / "archiver_dsn"
-        dsn_file.write_text(make_conninfo(**dsn))  # type: ignore[arg-type]
+        dsn_file.write_text(make_conninfo("", **dsn))
 
         exporter_port = free_port()
         exporter = Service(python_module("perfwatch.exporter", "--listen", f"127.0.0.1:{exporter_port}"),
@@ -235,10 +240,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             prom.wait_for('count(perfwatch_archiver_rollup_lag_seconds) == 2 and on () '
                           'count(perfwatch_archiver_scrape_failures_total) > 0', 90)
             with psycopg.connect(stack.superuser_dsn(), autocommit=True) as conn:
-                wait_until(lambda: conn.execute(
-                    "SELECT count(*) = 2 FROM perfwatch.tier WHERE name IN ('2s', '10s') AND watermark IS NOT NULL"
-                ).fetchone()[0] and conn.execute("SELECT count(*) > 0 FROM perfwatch.rollup_10s").fetchone()[0],
-                    "both tiers rolled up", 90, interval=0.5)
+                wait_until(lambda: scalar(conn, "SELECT count(*) = 2 FROM perfwatch.tier WHERE name IN ('2s', '10s') "
+                                                "AND watermark IS NOT NULL")
+                           and scalar(conn, "SELECT count(*) > 0 FROM perfwatch.rollup_10s"),
+                           "both tiers rolled up", 90, interval=0.5)
             # Let Prometheus scrape the archiver twice after the tiers are there: with a scrape every
             # second, one that started over 1 s from now had another one after now before it.
             tiers_there = time.time()
@@ -282,8 +287,8 @@ def label_values(stack: Stack, definition: str, variables: dict[str, Variable]) 
     assert match, definition
     selector = expand_promql(match.group(1), variables, TimeRange.last(3600), scrape_interval=SCRAPE).expr
     now = time.time()
-    r = requests.get(f"{stack.prometheus.url}/api/v1/label/{match.group(2)}/values",
-                     params={"match[]": selector, "start": now - 3600, "end": now}, timeout=30).json()
+    params: dict[str, str | float] = {"match[]": selector, "start": now - 3600, "end": now}
+    r = requests.get(f"{stack.prometheus.url}/api/v1/label/{match.group(2)}/values", params=params, timeout=30).json()
     assert r["status"] == "success", r
     return sorted(r["data"])
 
@@ -313,7 +318,8 @@ def run_promql(stack: Stack, expr: str, variables: dict[str, Variable], instant:
         url = f"{stack.prometheus.url}/api/v1/query_range"
     body = requests.post(url, data=params, timeout=30).json()  # POST, as the datasource's httpMethod says
     assert body["status"] == "success", f"{query.expr}: {body}"
-    return body["data"]["result"]
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
 
 
 def values_of(result: list[dict[str, Any]]) -> list[float]:
@@ -424,8 +430,8 @@ def test_grafana_role_as_compose_creates_it_only_reads(stack: Stack) -> None:
                           "CREATE TABLE perfwatch.y (a int)"):
             with pytest.raises(psycopg.Error):
                 conn.execute(statement)
-        assert conn.execute("SELECT count(*) FROM perfwatch.panel('perfwatch_load1', '{}', now() - interval '1h', "
-                            "now(), '10 seconds')").fetchone()[0] > 0
+        assert scalar(conn, "SELECT count(*) FROM perfwatch.panel('perfwatch_load1', '{}', now() - interval '1h', "
+                            "now(), '10 seconds')") > 0
 
 
 def test_writer_role_as_compose_creates_it_owns_the_archive_and_nothing_more(stack: Stack) -> None:
@@ -435,7 +441,7 @@ def test_writer_role_as_compose_creates_it_owns_the_archive_and_nothing_more(sta
         assert writer == (False, False, False, True)
         assert conn.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'perfwatch'"
                             ).fetchone() == ("perfwatch_writer",)
-        assert conn.execute("SELECT count(*) FROM perfwatch.schema_migration").fetchone()[0] >= 4
+        assert scalar(conn, "SELECT count(*) FROM perfwatch.schema_migration") >= 4
 
 
 def test_grafana_role_defaults_match_what_the_migrations_give_it(stack: Stack, pg_dsn: str) -> None:

@@ -31,7 +31,8 @@ METRIC = re.compile(r"(?<![\w\"$.])((?:perfwatch|instance|instance_cpu|instance_
 
 
 def load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    dashboard: dict[str, Any] = json.loads(path.read_text())
+    return dashboard
 
 
 def targets(dashboard: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

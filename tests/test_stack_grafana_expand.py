@@ -5,6 +5,8 @@ the real PostgreSQL and Prometheus it feeds, with label values that need escapin
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -22,6 +24,9 @@ from support.grafana import (
     rate_interval,
     round_interval,
 )
+
+if TYPE_CHECKING:
+    from conftest import StartExporter
 
 APRIL = TimeRange(dt.datetime(2018, 4, 12, 18, 0, tzinfo=dt.UTC), dt.datetime(2018, 4, 12, 18, 5, tzinfo=dt.UTC))
 
@@ -94,7 +99,8 @@ NASTY = ["plain", "a.b:9100", "back\\slash", "it's", "(x|y)*", "ü☃", "[a-z]+ 
 
 
 @pytest.mark.slow
-def test_prometheus_variables_are_escaped_like_grafana_and_match_in_prometheus(start_exporter, tmp_path) -> None:
+def test_prometheus_variables_are_escaped_like_grafana_and_match_in_prometheus(start_exporter: StartExporter,
+                                                                               tmp_path: Path) -> None:
     """Multi-value regex escaping as Grafana writes it, run by a real Prometheus over a series
     whose label values need it: each selected value matches itself and nothing else."""
     from support.prometheus import Prometheus

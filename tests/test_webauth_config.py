@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import bcrypt
@@ -13,7 +14,6 @@ from cryptography.hazmat.primitives import serialization
 from support.pki import PKI
 from support.prometheus import promtool
 
-from perfwatch.common import basicauth
 from perfwatch.common.basicauth import BasicAuth
 from perfwatch.common.config import ConfigError
 from perfwatch.common.webconfig import load_web_config
@@ -79,7 +79,8 @@ def encrypted_key(pki: PKI, tmp_path: Path) -> str:
 
 
 # (case, config maker, the key the error must name, a word of the message, does promtool 2.42 reject it too)
-BAD_CASES = [
+Maker = Callable[[PKI, Path], object]
+BAD_CASES: list[tuple[str, Maker, str, str, bool]] = [
     ("typo-top", lambda p, d: {"basic_auth_user": {}}, "basic_auth_user", "did you mean 'basic_auth_users'", True),
     ("typo-tls", lambda p, d: {"tls_server_config": {"certfile": "x"}}, "tls_server_config.certfile",
      "unknown key", True),
@@ -135,7 +136,7 @@ BAD_CASES = [
 
 @pytest.mark.parametrize(("maker", "key", "words", "promtool_rejects"),
                          [case[1:] for case in BAD_CASES], ids=[case[0] for case in BAD_CASES])
-def test_bad_config_is_refused_naming_the_key(pki: PKI, tmp_path: Path, maker, key: str, words: str,
+def test_bad_config_is_refused_naming_the_key(pki: PKI, tmp_path: Path, maker: Maker, key: str, words: str,
                                               promtool_rejects: bool) -> None:
     path = write(tmp_path, maker(pki, tmp_path))
     with pytest.raises(ConfigError) as caught:
@@ -191,7 +192,7 @@ def test_unknown_users_pay_a_dummy_check_at_the_highest_cost(monkeypatch: pytest
         checked.append(hashed)
         return real_checkpw(password, hashed)
 
-    monkeypatch.setattr(basicauth.bcrypt, "checkpw", counting_checkpw)
+    monkeypatch.setattr(bcrypt, "checkpw", counting_checkpw)  # the module basicauth calls
     result = auth.check(basic("intruder", "a"))
     assert not result.ok and result.reason == "unknown user"
     assert len(checked) == 1 and checked[0].startswith(b"$2b$06$")  # really ran, at the highest cost
@@ -206,7 +207,7 @@ def test_concurrent_first_logins_run_bcrypt_once(monkeypatch: pytest.MonkeyPatch
         calls.append(1)
         return real_checkpw(password, hashed)
 
-    monkeypatch.setattr(basicauth.bcrypt, "checkpw", counting_checkpw)
+    monkeypatch.setattr(bcrypt, "checkpw", counting_checkpw)  # the module basicauth calls
     results: list[bool] = []
     barrier = threading.Barrier(8)
 

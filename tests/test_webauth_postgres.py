@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -108,8 +109,9 @@ def _literal(conn: sa.Connection, value: str) -> str:
 
 def test_verify_full_connects_over_tls(tls_pg: TLSPostgres) -> None:
     with psycopg.connect(tls_pg.dsn("postgres", "postgres", tls_pg.server.password)) as conn:
-        ssl_on, version = conn.execute(
-            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()  # type: ignore[misc]
+        row = conn.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        assert row is not None
+        ssl_on, version = row
     assert ssl_on is True and version in ("TLSv1.2", "TLSv1.3")
     # The certificate names localhost too.
     with psycopg.connect(tls_pg.dsn("postgres", "postgres", tls_pg.server.password, host="localhost")):
@@ -121,10 +123,10 @@ def test_verify_full_connects_over_tls(tls_pg: TLSPostgres) -> None:
     ({"rootcert": "rogue"}, "certificate verify failed"),
     ({"host": "db.elsewhere.example"}, "does not match host name"),
 ])
-def test_what_verify_full_refuses(tls_pg: TLSPostgres, kwargs: dict[str, str], error: str) -> None:
+def test_what_verify_full_refuses(tls_pg: TLSPostgres, kwargs: dict[str, Any], error: str) -> None:
     if kwargs.get("rootcert") == "rogue":
-        kwargs = {**kwargs, "rootcert": tls_pg.rogue_ca}  # type: ignore[dict-item]
-    dsn = tls_pg.dsn("postgres", "postgres", tls_pg.server.password, **kwargs)  # type: ignore[arg-type]
+        kwargs = {**kwargs, "rootcert": tls_pg.rogue_ca}
+    dsn = tls_pg.dsn("postgres", "postgres", tls_pg.server.password, **kwargs)
     with pytest.raises(psycopg.OperationalError, match=error):
         psycopg.connect(dsn, connect_timeout=10).close()
 

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ class Server:
         params = conninfo_to_dict(self.admin_dsn)
         params["dbname"] = name
         try:
-            yield make_conninfo(**params)  # type: ignore[arg-type]
+            yield make_conninfo("", **params)
         finally:
             with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -113,7 +113,7 @@ def ms(t: dt.datetime) -> int:
     return int((t - EPOCH).total_seconds() * 1000)
 
 
-def table(rows: list[tuple[str, ...]]) -> str:
+def table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
@@ -203,6 +203,7 @@ def sizes(engine: sa.Engine) -> dict[str, tuple[int, int, int]]:
             size = conn.execute(sa.text(
                 "SELECT sum(pg_total_relation_size(format('perfwatch.%I', table_name)::regclass)) "
                 "FROM perfwatch.partition WHERE tier = :t"), {"t": tier}).scalar()
+            assert size is not None, f"no partitions for tier {tier}"
             out[tier] = (rows, int(size), int(represented or 0))
     return out
 
@@ -305,7 +306,9 @@ def main() -> None:
         server = Server(Path(tmp))
         try:
             with psycopg.connect(server.admin_dsn) as conn:
-                print(conn.execute("SELECT version()").fetchone()[0])
+                version = conn.execute("SELECT version()").fetchone()
+                assert version is not None
+                print(version[0])
             if "ingest" in sections:
                 bench_ingest(server, args)
             if sections & {"storage", "rollup"}:

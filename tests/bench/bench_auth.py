@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import yaml
@@ -51,7 +51,7 @@ USER, PASSWORD = "prometheus", "bench-password"
 
 
 class Exporter:
-    def __init__(self, name: str, workdir: Path, web_config: dict[str, object] | None, *, no_cache: bool = False,
+    def __init__(self, name: str, workdir: Path, web_config: Mapping[str, object] | None, *, no_cache: bool = False,
                  tls: ssl.SSLContext | None = None) -> None:
         self.name, self.port, self.tls = name, free_port(), tls
         args = ["--listen", f"127.0.0.1:{self.port}", "--log-level", "warning"]
@@ -236,7 +236,7 @@ def child_no_cache(argv: list[str]) -> int:
     def init_without_cache(self: BasicAuth, users: dict[str, str], max_entries: int = 0) -> None:
         real_init(self, users, 0)
 
-    BasicAuth.__init__ = init_without_cache  # type: ignore[method-assign]
+    BasicAuth.__init__ = init_without_cache  # type: ignore[method-assign]  # replaced on purpose, in this child only
     return cli.main(argv)
 
 

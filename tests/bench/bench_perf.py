@@ -69,7 +69,7 @@ def in_process(scrapes: int) -> tuple[list[float], list[float], int, float]:
     collector = PerfCollector(from_mapping(PerfOptions, {}, "collectors.perf"), HostPaths())
     opened = time.perf_counter() - start
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     render(registry)  # warm up imports and caches
     walls, cpus = [], []
     for _ in range(scrapes):

@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from perfwatch.archiver.model import Batch, MetricMeta, Sample
+from perfwatch.archiver.model import Batch, MetricMeta, Sample, SampleKind
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 Point = tuple[int, float]  # (ms since the epoch, value)
@@ -132,7 +132,7 @@ def increase(points: Iterable[Point]) -> float:
 class SyntheticSeries:
     name: str
     labels: tuple[tuple[str, str], ...]  # sorted, with job and instance
-    kind: str  # counter | gauge
+    kind: SampleKind
     points: list[Point]
 
 
@@ -188,7 +188,7 @@ def synthetic(start: dt.datetime, hours: float, *, interval_s: float = 10.0, see
 def batches(series: Sequence[SyntheticSeries], *, per_batch_ms: int = 3600_000, job: str = "synthetic",
             instance: str = "host:1") -> list[Batch]:
     """The series as store batches, each holding `per_batch_ms` of samples (of every series)."""
-    meta = {s.name: MetricMeta(s.name, s.kind, s.kind, f"{s.name} help") for s in series}  # type: ignore[arg-type]
+    meta = {s.name: MetricMeta(s.name, s.kind, s.kind, f"{s.name} help") for s in series}
     by_window: dict[int, list[Sample]] = {}
     for s in series:
         for t, v in s.points:
@@ -214,7 +214,7 @@ def login_as(role: str, superuser_dsn: str) -> Iterator[str]:
     params = conninfo_to_dict(superuser_dsn)
     params.update(user=role, password=password)
     try:
-        yield make_conninfo(**params)  # type: ignore[arg-type]
+        yield make_conninfo("", **params)
     finally:
         with psycopg.connect(superuser_dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(role)))

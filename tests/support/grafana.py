@@ -286,7 +286,8 @@ def parse_grafana_interval(text: str) -> float:
 
 
 def load_dashboard(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    dashboard: dict[str, Any] = json.loads(path.read_text())
+    return dashboard
 
 
 def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:

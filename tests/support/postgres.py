@@ -7,11 +7,20 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from psycopg.abc import QueryNoTemplate
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from perfwatch.archiver.embedded import EmbeddedPostgres
+
+
+def scalar(conn: psycopg.Connection[Any], query: QueryNoTemplate) -> Any:
+    """The first column of the first row `query` returns (failing if it returns no row)."""
+    row = conn.execute(query).fetchone()
+    assert row is not None, f"no row from {query!r}"
+    return row[0]
 
 
 class PostgresServer:
@@ -37,7 +46,7 @@ class PostgresServer:
     def dsn_for(self, database: str) -> str:
         params = conninfo_to_dict(self.admin_dsn)
         params["dbname"] = database
-        return make_conninfo(**params)  # type: ignore[arg-type]
+        return make_conninfo("", **params)
 
     @contextmanager
     def fresh_database(self) -> Iterator[str]:

@@ -54,6 +54,8 @@ class Service:
         return self
 
     def wait_ready(self) -> None:
+        url = self.ready_url
+        assert url is not None, "a Service without ready_url has nothing to wait for"
         deadline = time.monotonic() + self.ready_timeout
         last: Exception | str = "no answer"
         while time.monotonic() < deadline:
@@ -61,7 +63,7 @@ class Service:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.argv[0]} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                r = requests.get(self.ready_url, timeout=2, verify=self.verify)  # type: ignore[arg-type]
+                r = requests.get(url, timeout=2, verify=self.verify)
                 if r.status_code == 200:
                     return
                 last = f"HTTP {r.status_code}"

@@ -51,10 +51,13 @@ class Prometheus:
         body = r.json()
         if body.get("status") != "success":
             raise AssertionError(f"query {expr!r} failed: {body}")
-        return body["data"]["result"]
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
 
     def targets(self) -> list[dict[str, Any]]:
-        return requests.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        targets: list[dict[str, Any]] = requests.get(
+            f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        return targets
 
     def wait_for(self, expr: str, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Poll `expr` until it returns a non-empty result."""
