@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pwd
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import requests
@@ -12,6 +12,8 @@ from support.archiver import stop_leftovers
 from support.pki import PKI
 from support.postgres import PostgresServer
 from support.procs import Service, free_port, python_module
+
+from perfwatch.archiver.embedded import EmbeddedPostgres
 
 
 class Exporter:
@@ -28,9 +30,10 @@ class Exporter:
             path.chmod(0o644)
             argv += ["--config", str(path)]
         # As another user, drop root's group and supplementary groups too (see Service).
-        groups = {"group": pwd.getpwnam(user).pw_gid, "extra_groups": []} if user else {}
+        group = pwd.getpwnam(user).pw_gid if user else None
+        extra_groups: list[str | int] | None = [] if user else None
         self.service = Service(argv, workdir / f"exporter-{self.port}.log", ready_url=f"{self.url}/-/ready",
-                               user=user, **groups)  # type: ignore[arg-type]
+                               user=user, group=group, extra_groups=extra_groups)
 
     def scrape(self, **kwargs: Any) -> str:
         r = requests.get(f"{self.url}/metrics", timeout=30, **kwargs)
@@ -41,8 +44,14 @@ class Exporter:
         return self.service.stop()
 
 
+class StartExporter(Protocol):
+    """The start_exporter fixture's type."""
+
+    def __call__(self, config: dict[str, Any] | None = None, *args: str, user: str | None = None) -> Exporter: ...
+
+
 @pytest.fixture
-def start_exporter(tmp_path: Path) -> Iterator[Callable[..., Exporter]]:
+def start_exporter(tmp_path: Path) -> Iterator[StartExporter]:
     """Start exporters (config dict, extra args); each is stopped with SIGTERM at the end."""
     started: list[Exporter] = []
 
@@ -71,6 +80,15 @@ def pg_dsn(postgres_server: PostgresServer) -> Iterator[str]:
     """A DSN (superuser) to a fresh, empty database of its own for this test."""
     with postgres_server.fresh_database() as dsn:
         yield dsn
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server for this test alone (about a second to start), which it may stop and start."""
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    pg.start()
+    yield pg
+    pg.stop()
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import secrets
 import threading
 import time
+from collections.abc import Iterator, Sequence
 
 import psycopg
 import pytest
@@ -18,7 +20,7 @@ from support.synthetic import NASTY_VALUES
 
 from perfwatch.archiver import db
 from perfwatch.archiver.migrate import apply_migrations
-from perfwatch.archiver.model import Batch, MetricMeta, Sample
+from perfwatch.archiver.model import Batch, MetricMeta, Sample, SampleKind
 from perfwatch.archiver.policy import Policy, mirror_policy
 from perfwatch.archiver.retention import run_retention
 from perfwatch.archiver.rollup import run_rollups
@@ -29,10 +31,11 @@ T0 = ms(dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.UTC))
 JOB_INSTANCE = (("instance", "host:9100"), ("job", "node"))
 
 
-def batch(ts: int, samples: list[tuple[str, tuple[tuple[str, str], ...], float]], kind: str = "gauge") -> Batch:
+def batch(ts: int, samples: Sequence[tuple[str, tuple[tuple[str, str], ...], float]],
+          kind: SampleKind = "gauge") -> Batch:
     return Batch("node", "host:9100", ts, [Sample(n, tuple(sorted(labels + JOB_INSTANCE)), v, ts)
                                           for n, labels, v in samples],
-                 {n: MetricMeta(n, kind, kind, f"help of {n}") for n, _, _ in samples})  # type: ignore[arg-type]
+                 {n: MetricMeta(n, kind, kind, f"help of {n}") for n, _, _ in samples})
 
 
 def stored(engine: sa.Engine) -> list[tuple[str, dict[str, str], int, float]]:
@@ -45,11 +48,11 @@ def stored(engine: sa.Engine) -> list[tuple[str, dict[str, str], int, float]]:
 
 
 @pytest.fixture
-def engine(pg_dsn: str) -> sa.Engine:
+def engine(pg_dsn: str) -> Iterator[sa.Engine]:
     engine = db.make_engine(pg_dsn)
     apply_migrations(engine)
     mirror_policy(engine, Policy())
-    yield engine  # type: ignore[misc]
+    yield engine
     engine.dispose()
 
 
@@ -210,3 +213,33 @@ def test_connection_lost_mid_write_leaves_the_cache_consistent(engine: sa.Engine
     assert store.write(cut) == 2
     assert [(n, labels.get("k"), t, v) for n, labels, t, v in stored(engine)] == [
         ("a", "old", T0, 1.0), ("a", "new", next_day, 2.0), ("fresh", None, next_day, 3.0)]
+
+
+def test_samples_postgresql_refuses_cost_only_themselves(engine: sa.Engine,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A metric name over the btree limit of the catalog's unique index (2,704 bytes, after
+    compression: hence random) passes every scrape limit but PostgreSQL refuses it: the batch is
+    split until that sample is alone; the other 999 are stored, the refusal is counted and logged
+    once for the target."""
+    long_name = "m" + secrets.token_hex(6000)
+    samples = [(f"ok_{i}", (), float(i)) for i in range(999)]
+    samples.insert(500, (long_name, (), 1.0))
+    store = Store(engine)
+    with caplog.at_level("WARNING", logger="perfwatch.archiver.store"):
+        assert store.write(batch(T0, samples)) == 999
+        assert store.write(batch(T0 + 15_000, samples)) == 999
+    assert store.dropped["refused"] == 2
+    assert len(stored(engine)) == 2 * 999
+    refusals = [r for r in caplog.records if "(refused)" in r.getMessage()]
+    assert len(refusals) == 1 and "index row requires" in refusals[0].getMessage()
+
+
+def test_timestamps_out_of_bounds_are_dropped_before_the_database_sees_them(engine: sa.Engine) -> None:
+    store = Store(engine)
+    now = int(time.time() * 1000)
+    b = Batch("node", "host:9100", now, [Sample("a", JOB_INSTANCE, 1.0, now), Sample("a", JOB_INSTANCE, 2.0, -1),
+                                          Sample("b", JOB_INSTANCE, 3.0, 2**53), Sample("c", JOB_INSTANCE, 4.0, 2**62)],
+              {n: MetricMeta(n, "gauge", "gauge") for n in "abc"})
+    assert store.write(b) == 1
+    assert store.dropped["out_of_bounds"] == 3
+    assert [(n, t) for n, _, t, _ in stored(engine)] == [("a", now)]

@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,14 +24,6 @@ from support.synthetic import SyntheticExporter
 from perfwatch.archiver.embedded import EmbeddedPostgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stop_leftover_archivers")]
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(tmp_path / "pg")
-    pg.start()
-    yield pg
-    pg.stop()
 
 
 def config(synth: SyntheticExporter, dsn: str) -> dict[str, object]:

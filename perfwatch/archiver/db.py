@@ -89,8 +89,20 @@ def retry_conflicts(what: str, work: Callable[..., T], *args: Any, attempts: int
     raise AssertionError("unreachable")
 
 
-def is_unavailable(err: BaseException) -> bool:
-    """Whether `err` means the database cannot be reached (as opposed to a bug or bad data)."""
+# SQLSTATE classes that mean "not now" rather than "not this": the connection failed (08), the
+# server lacks resources (53: disk full, out of memory, too many connections), the server is
+# shutting down or starting (57P01-57P05), or a system error (58). Waiting fixes them.
+_UNAVAILABLE_STATES = ("08", "53", "57P", "58")
+
+
+def is_unavailable(err: BaseException, connection: psycopg.Connection[Any] | None = None) -> bool:
+    """Whether `err` means the database cannot be reached (as opposed to a bug or bad data).
+
+    By the error's SQLSTATE where the server sent one; an error without one is a connection-level
+    failure only if the connection is gone: libpq also refuses a statement client-side (more than
+    65,535 bind parameters) with an OperationalError on a connection that is fine, and that is not
+    an outage to spool and wait for, but a statement to change. `connection`: the psycopg
+    connection the error came from, when the caller has it."""
     if is_conflict(err):
         return False
     if isinstance(err, sa.exc.DBAPIError):
@@ -99,9 +111,18 @@ def is_unavailable(err: BaseException) -> bool:
         err = err.orig if err.orig is not None else err
     if isinstance(err, sa.exc.TimeoutError | sa.exc.DisconnectionError):  # pool exhausted / ping failed
         return True
-    # OperationalError: connection failures, server shutdown (57P01), cannot connect now (57P03),
-    # out of disk or memory (53xxx) — all things waiting fixes.
-    return isinstance(err, psycopg.OperationalError | psycopg.InterfaceError)
+    if not isinstance(err, psycopg.Error):
+        return False
+    if err.sqlstate:
+        return err.sqlstate.startswith(_UNAVAILABLE_STATES)
+    if not isinstance(err, psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    return connection is None or connection.closed or connection.broken
+
+
+def is_lock_timeout(err: BaseException) -> bool:
+    """lock_timeout ran out (55P03): someone holds a lock the statement needs; try again later."""
+    return isinstance(_dbapi_error(err), psycopg.errors.LockNotAvailable)
 
 
 @contextmanager

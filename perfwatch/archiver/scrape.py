@@ -4,21 +4,27 @@ Prometheus' semantics, so the archive holds the same series Prometheus sees: the
 0.0.4, a total timeout per scrape, `job` and `instance` added to every sample with
 `honor_labels: false` (an exposed `job` becomes `exported_job`), empty label values dropped,
 NaN (Prometheus' stale marker) kept out, timestamps = scrape start unless the exposition gives one.
+
+What a target sends is bounded as Prometheus bounds it (`ScrapeLimits`, with Prometheus' names):
+the body is read and parsed as it arrives, never held whole, and abandoned at body_size_limit;
+sample_limit and the label limits fail the scrape with a reason, storing nothing of it.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import logging
 import math
 import re
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.parser import text_fd_to_metric_families
 
 from perfwatch import __version__
 from perfwatch.archiver.model import Batch, MetricMeta, Sample, SampleKind
@@ -29,14 +35,29 @@ log = logging.getLogger(__name__)
 ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_COUNTER_TYPE_RE = re.compile(r"^\s*#\s*TYPE\s+(\S+)\s+counter\s*$", re.MULTILINE)
+_COUNTER_TYPE_RE = re.compile(r"^\s*#\s*TYPE\s+(\S+)\s+counter\s*$")
+_READ_CHUNK = 1 << 16
 
 # Failure reasons, the values of perfwatch_archiver_scrape_failures_total's `reason` label.
 UNREACHABLE = "unreachable"  # connection refused/reset, DNS failure
 TIMEOUT = "timeout"  # no complete answer within scrape_timeout
 HTTP_STATUS = "http_status"  # an answer other than 200
 MALFORMED = "malformed"  # not valid text exposition (or not UTF-8)
-REASONS = (UNREACHABLE, TIMEOUT, HTTP_STATUS, MALFORMED)
+BODY_SIZE_LIMIT = "body_size_limit"  # the body was larger than body_size_limit (uncompressed)
+SAMPLE_LIMIT = "sample_limit"  # more samples than sample_limit
+LABEL_LIMIT = "label_limit"  # a sample over label_limit, label_name_length_limit or label_value_length_limit
+REASONS = (UNREACHABLE, TIMEOUT, HTTP_STATUS, MALFORMED, BODY_SIZE_LIMIT, SAMPLE_LIMIT, LABEL_LIMIT)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScrapeLimits:
+    """Prometheus' scrape_config limits; 0 means no limit, as in Prometheus."""
+
+    body_size_limit: int = 0  # bytes, uncompressed
+    sample_limit: int = 0
+    label_limit: int = 0  # labels per sample, job and instance included
+    label_name_length_limit: int = 0
+    label_value_length_limit: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +68,7 @@ class Target:
     labels: tuple[tuple[str, str], ...] = ()  # extra target labels, beside job and instance
     interval: float = 15.0
     timeout: float = 10.0
+    limits: ScrapeLimits = ScrapeLimits()
     # How to authenticate and verify TLS (archiver.scrapeauth), as a Prometheus scrape_config.
     basic_auth: BasicAuthConfig | None = dataclasses.field(default=None, compare=False)
     authorization: AuthorizationConfig | None = dataclasses.field(default=None, compare=False)
@@ -110,7 +132,8 @@ class TargetScraper:
                 watchdog = threading.Timer(max(0.0, remaining), _cut_off, (response.raw, timed_out))
                 watchdog.start()
                 try:
-                    body = response.content
+                    lines = _body_lines(response.raw, target, timed_out)
+                    return parse_lines(lines, target.target_labels(), round(started * 1000), target.limits)
                 finally:
                     watchdog.cancel()
         except requests.Timeout as err:
@@ -121,16 +144,39 @@ class TargetScraper:
             if isinstance(err, requests.ConnectionError):
                 raise ScrapeError(UNREACHABLE, _connection_reason(err)) from None
             raise ScrapeError(UNREACHABLE, f"{type(err).__name__}: {err}"[:300]) from None
-        if timed_out.is_set():
-            raise ScrapeError(TIMEOUT, f"body not complete after {target.timeout:g}s")
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ScrapeError(MALFORMED, f"body is not UTF-8: {err}") from None
-        return parse_exposition(text, target.target_labels(), round(started * 1000))
 
     def close(self) -> None:
         self.session.close()
+
+
+def _body_lines(raw: Any, target: Target, timed_out: threading.Event) -> Iterator[str]:
+    """The body's lines as they arrive (decompressed, decoded), so that neither the body nor its
+    text is ever held whole; ScrapeError once it passes body_size_limit, is cut off by the
+    timeout, breaks off, or is not UTF-8."""
+    limit = target.limits.body_size_limit
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    size = 0
+    pending = ""
+    try:
+        for chunk in raw.stream(_READ_CHUNK, decode_content=True):
+            size += len(chunk)
+            if limit and size > limit:
+                raise ScrapeError(BODY_SIZE_LIMIT, f"body larger than body_size_limit ({limit} bytes); abandoned")
+            pending += decoder.decode(chunk)
+            *complete, pending = pending.split("\n")
+            for line in complete:
+                yield line + "\n"
+        pending += decoder.decode(b"", final=True)
+    except UnicodeDecodeError as err:
+        raise ScrapeError(MALFORMED, f"body is not UTF-8: {err}") from None
+    except ScrapeError:
+        raise
+    except Exception as err:  # urllib3's and the socket's errors, or the watchdog's shutdown
+        if timed_out.is_set():
+            raise ScrapeError(TIMEOUT, f"body not complete after {target.timeout:g}s") from None
+        raise ScrapeError(UNREACHABLE, f"reading the body failed: {type(err).__name__}: {err}"[:300]) from None
+    if pending:
+        yield pending
 
 
 def _cut_off(raw: Any, timed_out: threading.Event) -> None:
@@ -174,17 +220,41 @@ def relabel(exposed: dict[str, str], target_labels: dict[str, str]) -> tuple[tup
     return tuple(sorted(labels.items()))
 
 
-def parse_exposition(text: str, target_labels: dict[str, str], scraped_at_ms: int) -> Batch:
-    """Text exposition 0.0.4 → Batch. Raises ScrapeError(MALFORMED) if it does not parse."""
+def parse_exposition(text: str, target_labels: dict[str, str], scraped_at_ms: int,
+                     limits: ScrapeLimits = ScrapeLimits()) -> Batch:
+    """Text exposition 0.0.4 → Batch. Raises ScrapeError (MALFORMED, or a limit's reason)."""
+    return parse_lines(text.splitlines(keepends=True), target_labels, scraped_at_ms, limits)
+
+
+def parse_lines(lines: Iterable[str], target_labels: dict[str, str], scraped_at_ms: int,
+                limits: ScrapeLimits = ScrapeLimits()) -> Batch:
+    """The exposition's lines (as they arrive) → Batch; see parse_exposition."""
     # prometheus_client's parser renames the samples of a counter declared without `_total`
-    # (`# TYPE foo counter` / `foo 1`) to `foo_total`; Prometheus stores `foo`, and so do we.
-    untotalled = {name for name in _COUNTER_TYPE_RE.findall(text) if not name.endswith("_total")}
+    # (`# TYPE foo counter` / `foo 1`) to `foo_total`; Prometheus stores `foo`, and so do we. The
+    # parser reads a family's TYPE line before it yields the family, so the names are known in time.
+    untotalled: set[str] = set()
+
+    def watch(source: Iterable[str]) -> Iterator[str]:
+        # sample_limit is counted here, on the lines: the parser yields a family only once it has
+        # read all of it, and a body of one family with a million samples would be held whole first.
+        sample_lines = 0
+        for line in source:
+            if line.startswith("#"):
+                if (match := _COUNTER_TYPE_RE.match(line)) and not match[1].endswith("_total"):
+                    untotalled.add(match[1])
+            elif line.strip():
+                sample_lines += 1
+                if limits.sample_limit and sample_lines > limits.sample_limit:
+                    raise ScrapeError(SAMPLE_LIMIT, f"more than sample_limit ({limits.sample_limit}) samples")
+            yield line
+
     samples: list[Sample] = []
     metadata: dict[str, MetricMeta] = {}
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     duplicates = 0
     try:
-        for family in text_string_to_metric_families(text):
+        # typed as TextIO, but it only iterates over the lines
+        for family in text_fd_to_metric_families(watch(lines)):  # type: ignore[arg-type]
             for s in family.samples:
                 name = s.name
                 if family.type == "counter" and family.name in untotalled and name == family.name + "_total":
@@ -197,6 +267,7 @@ def parse_exposition(text: str, target_labels: dict[str, str], scraped_at_ms: in
                 if isinstance(s.value, float) and math.isnan(s.value):
                     continue  # Prometheus' stale marker (or a plain NaN): never archived
                 labels = relabel(s.labels, target_labels)
+                _check_label_limits(name, labels, limits)
                 if (name, labels) in seen:
                     duplicates += 1  # Prometheus keeps the first and rejects the rest
                     continue
@@ -214,3 +285,17 @@ def parse_exposition(text: str, target_labels: dict[str, str], scraped_at_ms: in
         log.warning("target %s/%s exposed %d duplicate samples; kept the first of each",
                     target_labels.get("job"), target_labels.get("instance"), duplicates)
     return Batch(target_labels.get("job", ""), target_labels.get("instance", ""), scraped_at_ms, samples, metadata)
+
+
+def _check_label_limits(name: str, labels: tuple[tuple[str, str], ...], limits: ScrapeLimits) -> None:
+    """Prometheus' label limits, after the target's labels are added; any excess fails the scrape."""
+    if limits.label_limit and len(labels) > limits.label_limit:
+        raise ScrapeError(LABEL_LIMIT, f"{name} has {len(labels)} labels, more than label_limit "
+                          f"({limits.label_limit})")
+    for key, value in labels:
+        if limits.label_name_length_limit and len(key) > limits.label_name_length_limit:
+            raise ScrapeError(LABEL_LIMIT, f"{name}: a label name is {len(key)} characters long, more than "
+                              f"label_name_length_limit ({limits.label_name_length_limit})")
+        if limits.label_value_length_limit and len(value) > limits.label_value_length_limit:
+            raise ScrapeError(LABEL_LIMIT, f"{name}: label {key} is {len(value)} characters long, more than "
+                              f"label_value_length_limit ({limits.label_value_length_limit})")

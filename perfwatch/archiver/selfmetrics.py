@@ -17,6 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from perfwatch import __version__
 from perfwatch.archiver.spool import Spool
+from perfwatch.archiver.store import REASONS as DROP_REASONS
 
 PREFIX = "perfwatch_archiver_"
 TARGET = ["job", "instance"]
@@ -117,10 +118,12 @@ class _Computed:
                                       "the database for a reason other than being down).",
                                       value=self.spool.rejected_lines)
         dropped = CounterMetricFamily(PREFIX + "samples_dropped",
-                                      "Samples the store did not keep: expired (older than retention already "
-                                      "dropped), unstorable (a NUL in a label), nan.", labels=["reason"])
+                                      "Samples the store did not keep, by reason: nan, out_of_bounds (a timestamp "
+                                      "before 1970 or over an hour ahead), expired (older than retention already "
+                                      "dropped), unstorable (a NUL in a label), refused (by PostgreSQL).",
+                                      labels=["reason"])
         counts = self.metrics.store_dropped() if self.metrics.store_dropped else {}
-        for reason in sorted({"expired", "unstorable", "nan", *counts}):
+        for reason in sorted({*DROP_REASONS, *counts}):
             dropped.add_metric([reason], counts.get(reason, 0))
         yield dropped
         lag = GaugeMetricFamily(PREFIX + "rollup_lag_seconds",

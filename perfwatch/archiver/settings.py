@@ -10,14 +10,21 @@ from urllib.parse import urlsplit, urlunsplit
 from psycopg.conninfo import conninfo_to_dict
 
 from perfwatch.archiver.policy import Policy
-from perfwatch.archiver.scrape import LABEL_NAME_RE, Target, default_instance
+from perfwatch.archiver.scrape import LABEL_NAME_RE, ScrapeLimits, Target, default_instance
 from perfwatch.archiver.scrapeauth import AuthorizationConfig, BasicAuthConfig, TLSClientConfig, validate_client_auth
 from perfwatch.archiver.spool import DEFAULT_MAX_BYTES
-from perfwatch.common.config import ConfigError, Duration, from_mapping, load_yaml, parse_listen
+from perfwatch.common.config import ConfigError, Duration, Size, from_mapping, load_yaml, parse_listen
+from perfwatch.common.httpserver import MAX_CONNECTIONS, check_max_connections
 
 DEFAULT_PORT = 10281  # the exporter's 10280 + 1
 DEFAULT_JOB = "perfwatch"
 DEFAULT_TIMEOUT = 10.0  # Prometheus' default scrape_timeout (capped at the interval)
+# Defaults of the scrape limits (Prometheus has none: 0). A large node_exporter serves 2-5 MB and
+# 10-30k samples; a 50 MB body is 40 to 100 times that, and what it costs the archiver to parse and
+# hold 200k samples (a few hundred MB at worst) still fits a 2 GB host.
+DEFAULT_LIMITS = ScrapeLimits(body_size_limit=50 << 20, sample_limit=200_000, label_limit=64,
+                              label_name_length_limit=1024, label_value_length_limit=16 << 10)
+LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(ScrapeLimits))
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -40,8 +47,19 @@ class TargetSettings:
         "help": "type (Bearer) and credentials or credentials_file."})
     tls_config: TLSClientConfig | None = dataclasses.field(default=None, metadata={
         "help": "ca_file, cert_file, key_file, server_name, insecure_skip_verify, min_version."})
+    body_size_limit: Size | None = dataclasses.field(default=None, metadata={
+        "help": "This target's body_size_limit (default: the top-level one)."})
+    sample_limit: int | None = dataclasses.field(default=None, metadata={
+        "help": "This target's sample_limit (default: the top-level one)."})
+    label_limit: int | None = dataclasses.field(default=None, metadata={
+        "help": "This target's label_limit (default: the top-level one)."})
+    label_name_length_limit: int | None = dataclasses.field(default=None, metadata={
+        "help": "This target's label_name_length_limit (default: the top-level one)."})
+    label_value_length_limit: int | None = dataclasses.field(default=None, metadata={
+        "help": "This target's label_value_length_limit (default: the top-level one)."})
 
     def validate(self, key: str) -> None:
+        validate_limits(key, self)
         validate_client_auth(key, self.basic_auth, self.authorization)
         if not self.url:
             raise ConfigError(f"{key}.url", "required: the URL to scrape")
@@ -89,6 +107,13 @@ class DatabaseSettings:
         return dsn
 
 
+def validate_limits(key: str, section: object) -> None:
+    for name in LIMIT_KEYS:
+        value = getattr(section, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{key}.{name}" if key else name, "must be 0 (no limit) or more")
+
+
 def check_dsn(dsn: str, key: str) -> None:
     try:
         conninfo_to_dict(dsn)
@@ -98,7 +123,7 @@ def check_dsn(dsn: str, key: str) -> None:
 
 @dataclasses.dataclass
 class SpoolSettings:
-    max_bytes: int = dataclasses.field(default=DEFAULT_MAX_BYTES, metadata={
+    max_bytes: Size = dataclasses.field(default=Size(DEFAULT_MAX_BYTES), metadata={
         "help": "Most disk the spool may use; when full, the oldest batches are dropped (logged, counted)."})
 
     def validate(self, key: str) -> None:
@@ -118,6 +143,8 @@ class ScheduleSettings:
 class ArchiverSettings:
     listen: str = dataclasses.field(default=f":{DEFAULT_PORT}", metadata={
         "help": "HOST:PORT for the archiver's own /metrics; `:PORT` means every interface."})
+    max_connections: int = dataclasses.field(default=MAX_CONNECTIONS, metadata={
+        "help": "Most connections to the archiver's own endpoints at once; more wait in the listen backlog."})
     log_level: LogLevel = dataclasses.field(default="info", metadata={"help": "debug, info, warning or error."})
     data_dir: str = dataclasses.field(default="data", metadata={
         "help": "Spool and embedded PostgreSQL live here (relative to the working directory)."})
@@ -127,16 +154,28 @@ class ArchiverSettings:
         "help": "Default scrape timeout (default: 10s, or the interval if shorter)."})
     targets: list[TargetSettings] = dataclasses.field(default_factory=list, metadata={
         "help": "What to scrape."})
+    body_size_limit: Size = dataclasses.field(default=Size(DEFAULT_LIMITS.body_size_limit), metadata={
+        "help": "Largest body (uncompressed) a scrape reads; a larger one fails the scrape. 0: no limit."})
+    sample_limit: int = dataclasses.field(default=DEFAULT_LIMITS.sample_limit, metadata={
+        "help": "Most samples a scrape may have; more fail the scrape (nothing of it is stored). 0: no limit."})
+    label_limit: int = dataclasses.field(default=DEFAULT_LIMITS.label_limit, metadata={
+        "help": "Most labels a sample may have (job and instance included); more fail the scrape. 0: no limit."})
+    label_name_length_limit: int = dataclasses.field(default=DEFAULT_LIMITS.label_name_length_limit, metadata={
+        "help": "Longest label name; a longer one fails the scrape. 0: no limit."})
+    label_value_length_limit: int = dataclasses.field(default=DEFAULT_LIMITS.label_value_length_limit, metadata={
+        "help": "Longest label value (characters); a longer one fails the scrape. 0: no limit."})
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     policy: Policy = dataclasses.field(default_factory=Policy)
     spool: SpoolSettings = dataclasses.field(default_factory=SpoolSettings)
     schedule: ScheduleSettings = dataclasses.field(default_factory=ScheduleSettings)
 
     def validate(self, key: str) -> None:
+        validate_limits(key, self)
         try:
             parse_listen(self.listen)
         except ValueError as err:
             raise ConfigError("listen", str(err)) from None
+        check_max_connections(self.max_connections, "max_connections")
         if not self.data_dir:
             raise ConfigError("data_dir", "must not be empty")
         if self.scrape_timeout is not None and self.scrape_timeout > self.scrape_interval:
@@ -159,6 +198,10 @@ class ArchiverSettings:
         interval = target.scrape_interval or self.scrape_interval
         return target.scrape_timeout or self.scrape_timeout or min(DEFAULT_TIMEOUT, interval)
 
+    def limits_for(self, target: TargetSettings) -> ScrapeLimits:
+        return ScrapeLimits(**{name: int(getattr(target, name) if getattr(target, name) is not None
+                                         else getattr(self, name)) for name in LIMIT_KEYS})
+
     @staticmethod
     def instance_for(target: TargetSettings) -> str:
         return target.instance or default_instance(target.url)
@@ -168,6 +211,7 @@ class ArchiverSettings:
             Target(url=metrics_url(t.url), job=t.job, instance=self.instance_for(t),
                    labels=tuple(sorted(t.labels.items())),
                    interval=float(t.scrape_interval or self.scrape_interval), timeout=float(self.timeout_for(t)),
+                   limits=self.limits_for(t),
                    basic_auth=t.basic_auth, authorization=t.authorization, tls_config=t.tls_config)
             for t in self.targets
         ]
@@ -183,7 +227,8 @@ def metrics_url(url: str) -> str:
 
 # Command-line options and the config keys they set, so an error names what the user typed.
 CLI_KEYS = {"listen": "--listen", "data_dir": "--data-dir", "scrape_interval": "--scrape-interval",
-            "database.dsn": "--dsn", "log_level": "--log-level", "targets": "--target"}
+            "database.dsn": "--dsn", "log_level": "--log-level", "targets": "--target",
+            "max_connections": "--web.max-connections"}
 
 
 def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ArchiverSettings:

@@ -293,9 +293,20 @@ class Spool:
         return sum(s.size for s in self._segments) - self._head_offset
 
     def _normalise_head(self) -> None:
-        """Delete finished segments other than the one being appended to."""
+        """Delete finished segments other than the one being appended to, and empty that one once
+        it is all written: a segment smaller than the rotation size would otherwise keep its
+        written batches on disk until it filled up, and after a disk-full outage every later
+        append would fail on the space they hold."""
         while len(self._segments) > 1 and self._head_offset >= self._segments[0].size:
             self._drop_first()
+        if len(self._segments) == 1 and 0 < self._segments[0].size <= self._head_offset:
+            segment = self._segments[0]
+            # The append handle is O_APPEND: its next write lands at the new end, 0. A crash here at
+            # worst replays what was written (the head names an offset past the end: read from 0).
+            os.truncate(segment.path, 0)
+            segment.size = segment.lines = 0
+            self._head_offset = self._head_lines = 0
+            self._peeked = None
 
     def _drop_first(self) -> None:
         first = self._segments.pop(0)

@@ -9,11 +9,19 @@ go by psycopg 3 COPY on the pooled connection:
   again as COPY into a temporary staging table + INSERT ... ON CONFLICT DO NOTHING. Replays are
   rare (after an outage), so the common case pays nothing for idempotency.
 
-What is not stored, counted in `Store.dropped` by reason:
+Errors are classified by what they are: only a connection-level failure raises
+db.DatabaseUnavailable (the batch stays spooled and is written later). Data PostgreSQL refuses
+costs only the samples it refuses: the batch is split in halves until the refused samples are
+alone (a bounded number of tries), and the rest is stored.
+
+What is not stored, counted in `Store.dropped` by reason and logged once per target and reason:
 * `nan`: NaN is Prometheus' staleness marker, not a value;
+* `out_of_bounds`: a timestamp before 1970 or more than MAX_AHEAD in the future (a clock that is
+  wrong; it would also make partitions for years nobody asked for);
 * `expired`: older than what retention already dropped (storing it would bring back part of a
   dropped period that the first tier has already summarised without it);
-* `unstorable`: a label name or value PostgreSQL cannot hold (a NUL character).
+* `unstorable`: a label name or value PostgreSQL cannot hold (a NUL character, invalid unicode);
+* `refused`: anything else PostgreSQL refused to store (a value out of range, say).
 
 Samples older than the first tier's watermark (a replayed spool) are stored and their range
 noted for the rollup to redo (perfwatch.rollup_dirty).
@@ -26,6 +34,7 @@ import datetime as dt
 import json
 import logging
 import math
+import time
 from typing import Any
 
 import psycopg
@@ -38,6 +47,11 @@ log = logging.getLogger(__name__)
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 LAST_SEEN_REFRESH_MS = 3_600_000  # series.last_seen is refreshed at most hourly per series
+MAX_AHEAD_MS = 3_600_000  # samples more than an hour ahead of this clock are out of bounds
+# Transactions one batch may spend isolating refused samples; past it, what still fails is dropped
+# whole (as refused), so that one bad batch cannot hold the writer back.
+ISOLATION_BUDGET = 64
+REASONS = ("nan", "out_of_bounds", "expired", "unstorable", "refused")
 COPY_TYPES = ["int4", "timestamptz", "float8"]
 BEGIN_WRITE: sa.Select[Any] = sa.select(sa.literal_column("*")).select_from(db.fn("begin_write").alias("f"))
 
@@ -61,6 +75,7 @@ class Store:
         self._partition_ms: int | None = None
         self.dropped: collections.Counter[str] = collections.Counter()
         self.replayed_batches = 0  # batches that met rows already stored
+        self._drops_logged: set[tuple[str, str]] = set()  # (target, reason) logged once at warning
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -68,39 +83,83 @@ class Store:
         """Store `batch`; return the number of samples inserted (0 for a batch stored before).
 
         Raises db.DatabaseUnavailable when PostgreSQL cannot be reached; nothing is stored then,
-        and writing the same batch again later is safe.
+        and writing the same batch again later is safe. Other errors are bugs (or a schema
+        changed by hand) and go to the caller.
         """
-        samples = [s for s in batch.samples if not math.isnan(s.value)]
-        self.dropped["nan"] += len(batch.samples) - len(samples)
-        if not samples:
-            return 0
         target = f"{batch.job}/{batch.instance}"
+        samples = [s for s in batch.samples if not math.isnan(s.value)]
+        self._drop(target, "nan", len(batch.samples) - len(samples), "NaN (a stale marker) is not a value")
+        lo_ms, hi_ms = 0, _now_ms() + MAX_AHEAD_MS
+        kept = [s for s in samples if lo_ms <= s.timestamp_ms <= hi_ms]
+        if len(kept) < len(samples):
+            bad = next(s for s in samples if not lo_ms <= s.timestamp_ms <= hi_ms)
+            self._drop(target, "out_of_bounds", len(samples) - len(kept),
+                       f"timestamp {bad.timestamp_ms} ms of {bad.name} is before 1970 or more than "
+                       f"{MAX_AHEAD_MS // 60_000} minutes ahead of this clock")
+        if not kept:
+            return 0
+        budget = [ISOLATION_BUDGET]
         with db.unavailable_as(f"writing the batch of {target}"):
-            for attempt in range(3):
-                drops: dict[str, tuple[int, str]] = {}
-                try:
-                    inserted = self._write(batch, samples, drops, staged=attempt > 0)
-                except psycopg.errors.UniqueViolation:
+            return self._write_isolating(batch, kept, target, budget)
+
+    def _write_isolating(self, batch: Batch, samples: list[Sample], target: str, budget: list[int]) -> int:
+        """Write `samples`; where PostgreSQL refuses them, split in halves and write each, so that
+        only the refused samples are lost (within `budget` transactions)."""
+        try:
+            return self._write_retrying(batch, samples, target)
+        except _RefusedError as refused:
+            budget[0] -= 1
+            if len(samples) == 1 or budget[0] <= 0:
+                self._drop(target, "refused", len(samples), f"PostgreSQL refused them: {refused}")
+                return 0
+        half = len(samples) // 2
+        return (self._write_isolating(batch, samples[:half], target, budget)
+                + self._write_isolating(batch, samples[half:], target, budget))
+
+    def _write_retrying(self, batch: Batch, samples: list[Sample], target: str) -> int:
+        for attempt in range(3):
+            drops: dict[str, tuple[int, str]] = {}
+            try:
+                inserted = self._write(batch, samples, drops, staged=attempt > 0)
+            except (sa.exc.DBAPIError, psycopg.Error) as wrapped:
+                err = wrapped.orig if isinstance(wrapped, sa.exc.DBAPIError) else wrapped
+                if isinstance(err, psycopg.errors.UniqueViolation):
                     # Some rows are stored already: a replay. Again, idempotently.
                     self.replayed_batches += 1
                     log.debug("batch of %s at %d is (partly) stored already; writing it idempotently",
                               target, batch.scraped_at_ms)
-                except psycopg.errors.TransactionRollback as err:
+                elif isinstance(err, psycopg.errors.TransactionRollback):
                     # Lost a lock race with a rollup or retention pass: nothing was stored; again.
-                    log.info("writing the batch of %s lost a lock race (%s); writing it again",
-                             target, type(err).__name__)
-                except psycopg.errors.CheckViolation as err:
-                    if "no partition" not in str(err):
-                        raise
+                    log.info("writing the batch of %s lost a lock race (%s); writing it again", target,
+                             type(err).__name__)
+                elif isinstance(err, psycopg.errors.LockNotAvailable):
+                    # A partition had to be made and its lock_timeout ran out; in a moment, again.
+                    log.info("writing the batch of %s waited too long for a lock (%s); writing it again", target,
+                             str(err).strip())
+                    time.sleep(0.2 * (attempt + 1))
+                elif isinstance(err, psycopg.errors.CheckViolation) and "no partition" in str(err):
                     # A partition we remembered is gone (dropped by hand?): forget them and retry.
                     log.warning("partition missing for the batch of %s (%s); creating it again", target, err)
                     self._partitions.clear()
                 else:
-                    for reason, (count, why) in drops.items():
-                        self.dropped[reason] += count
-                        log.warning("dropped %d samples of %s: %s", count, target, why)
-                    return inserted
-            raise RuntimeError(f"could not write the batch of {target}")
+                    raise
+            else:
+                for reason, (count, why) in drops.items():
+                    self._drop(target, reason, count, why)
+                return inserted
+        raise RuntimeError(f"could not write the batch of {target} in 3 attempts")
+
+    def _drop(self, target: str, reason: str, count: int, why: str) -> None:
+        if count <= 0:
+            return
+        self.dropped[reason] += count
+        if (target, reason) in self._drops_logged:
+            log.debug("dropped %d samples of %s (%s): %s", count, target, reason, why)
+            return
+        if len(self._drops_logged) < 10_000:  # bounded: targets x reasons, but targets come and go
+            self._drops_logged.add((target, reason))
+        log.warning("dropped %d samples of %s (%s): %s; later drops of %s for this reason are counted in "
+                    "perfwatch_archiver_samples_dropped_total and logged at debug", count, target, reason, why, target)
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -130,9 +189,16 @@ class Store:
                     first_watermark_ms = _to_ms(guard.first_watermark)
                     if inserted and first_watermark_ms is not None and lo_ms < first_watermark_ms:
                         conn.execute(sa.select(db.fn("note_late", guard.first_tier, _ts(lo_ms), _ts(hi_ms))))
-            except Exception:
-                if conn.connection.dbapi_connection is not None and conn.connection.dbapi_connection.closed:
+            except Exception as err:
+                dbapi = conn.connection.dbapi_connection
+                if dbapi is not None and dbapi.closed:
                     conn.invalidate()
+                if isinstance(dbapi, psycopg.Connection):
+                    if db.is_unavailable(err, dbapi):
+                        raise db.DatabaseUnavailable(str(err).strip().splitlines()[0] or type(err).__name__) from err
+                    orig = err.orig if isinstance(err, sa.exc.DBAPIError) else err
+                    if isinstance(orig, psycopg.Error) and _is_refusal(orig):  # on a connection that is fine
+                        raise _RefusedError(str(orig).strip().splitlines()[0]) from err
                 raise
         # Committed: only now may the caches learn the new ids.
         self._metrics.update(new_metrics)
@@ -164,8 +230,11 @@ class Store:
             if entry.last_seen_ms <= refresh_before:
                 stale.add(entry)
         metrics = self._metrics
+        # Only the metrics of these samples: a batch split to isolate a refused sample must not carry
+        # the refused metric into every part.
+        names = {s.name for s in samples} if len(samples) < len(batch.samples) else batch.metadata.keys()
         changed = {name: meta for name, meta in batch.metadata.items()
-                   if (known := metrics.get(name)) is None or known[1] != meta}
+                   if name in names and ((known := metrics.get(name)) is None or known[1] != meta)}
         for name, _ in missing:
             if name not in metrics and name not in changed:
                 changed[name] = batch.metadata.get(name) or _guess_meta(name)
@@ -182,7 +251,8 @@ class Store:
                     if entry is not None:
                         rows.append((entry.id, s.timestamp_ms, s.value))
             if unstorable:
-                skipped = sum(1 for s in samples if (s.name, s.labels) in set(unstorable))
+                unstorable_keys = set(unstorable)
+                skipped = sum(1 for s in samples if (s.name, s.labels) in unstorable_keys)
                 drops["unstorable"] = (skipped, "a label name or value holds a NUL character or invalid unicode, "
                                        f"which PostgreSQL cannot store (metric {unstorable[0][0]})")
         if stale:
@@ -275,3 +345,22 @@ def _to_ms(value: Any) -> int | None:
         return None
     delta: dt.timedelta = value - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+class _RefusedError(Exception):
+    """PostgreSQL refused some of the samples (the message says why)."""
+
+
+def _is_refusal(err: psycopg.Error) -> bool:
+    """Data PostgreSQL will not store, as opposed to an outage or a bug: a data exception (22: a
+    value or timestamp out of range, a byte it cannot hold), an integrity violation other than a
+    replay's duplicate key (23), a program limit (54), or a statement libpq refused client-side on a
+    connection that is fine (no SQLSTATE)."""
+    state = err.sqlstate
+    if state is None:
+        return isinstance(err, psycopg.OperationalError)
+    return state.startswith(("22", "54")) or (state.startswith("23") and state != "23505")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -16,7 +16,11 @@ from perfwatch.archiver.spool import Spool
 
 log = logging.getLogger("perfwatch.archiver")
 
-REJECT_AFTER = 3  # a batch the database refuses this many times (while up) is set aside
+# A batch whose write fails this many times in a row for a reason other than an outage (the store
+# already keeps what PostgreSQL accepts of it, so this is a bug or a schema changed by hand) is set
+# aside in the spool's rejected.jsonl, at once: one batch never holds the writer (and every target
+# queued behind it) for longer than the failed attempts themselves.
+REJECT_AFTER = 2
 
 
 class Writer:
@@ -75,13 +79,11 @@ class Writer:
             return self._wait_for_database()
         except Exception as err:
             self._refusals += 1
-            log.error("database refused the batch of %d samples from %s/%s scraped at %d (attempt %d): %s",
+            log.error("writing the batch of %d samples from %s/%s scraped at %d failed (attempt %d): %s",
                       len(batch.samples), batch.job, batch.instance, batch.scraped_at_ms, self._refusals, err)
             if self._refusals >= REJECT_AFTER:
-                self.spool.reject(entry, f"refused by the database {self._refusals} times: {err}")
+                self.spool.reject(entry, f"failed {self._refusals} times: {err}")
                 self._refusals = 0
-            else:
-                self._halt.wait(self.retry)
             return True
         self._refusals = 0
         self.spool.commit(entry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import threading
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,13 @@ T = TypeVar("T")
 
 _DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 _DURATION_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
+# The longest wait the scheduler and the OS can take (threading's TIMEOUT_MAX: 2**63 ns on Linux),
+# which is also the longest duration Prometheus writes (Go's int64 nanoseconds): 292 years.
+MAX_DURATION = min(threading.TIMEOUT_MAX, 2**63 / 1e9)
+_SIZE_RE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB|TB|TiB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1 << 10, "KiB": 1 << 10, "MB": 1 << 20, "MiB": 1 << 20,
+               "GB": 1 << 30, "GiB": 1 << 30, "TB": 1 << 40, "TiB": 1 << 40}
+MAX_SIZE = 2**63 - 1  # what an off_t (file sizes, the OS) can hold
 
 
 class ConfigError(ValueError):
@@ -39,6 +47,10 @@ class Duration(float):
         return f"Duration({format_duration(self)!r})"
 
 
+class Size(int):
+    """Bytes, written in config as Prometheus writes sizes: `512`, `64KB`, `50MB`, `1GiB` (KB = 1024 B)."""
+
+
 class Regex(str):
     """A regular expression, anchored at both ends like Prometheus' relabel regexes."""
 
@@ -54,6 +66,14 @@ def parse_duration(text: str) -> Duration:
         raise ValueError(f"{text!r} is not a duration (examples: 15s, 5m, 1h30m, 7d, 2y)")
     seconds = sum(int(g) * unit for g, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if g)
     return Duration(seconds)
+
+
+def parse_size(text: str) -> Size:
+    """Parse a size (`50MB`, `1GiB`, `4096`) into bytes; units are powers of 1024, as in Prometheus."""
+    match = _SIZE_RE.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a size (examples: 4096, 64KB, 50MB, 1GB)")
+    return Size(int(match[1]) * _SIZE_UNITS[match[2]])
 
 
 def format_duration(seconds: float) -> str:
@@ -166,9 +186,21 @@ def convert(hint: Any, raw: Any, key: str) -> Any:
             value = parse_duration(raw) if isinstance(raw, str) else Duration(raw)
         except ValueError as err:
             raise ConfigError(key, str(err)) from None
-        if value <= 0:
+        if not value > 0:  # NaN too
             raise ConfigError(key, "must be a positive duration")
+        if value > MAX_DURATION:
+            raise ConfigError(key, f"{raw!r} is longer than the longest duration that can be waited for (292y)")
         return value
+    if hint is Size:
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
+            raise ConfigError(key, f"must be a size such as 4096 or 50MB, not {raw!r}")
+        try:
+            size = parse_size(raw) if isinstance(raw, str) else Size(raw)
+        except ValueError as err:
+            raise ConfigError(key, str(err)) from None
+        if not 0 <= size <= MAX_SIZE:
+            raise ConfigError(key, f"must be between 0 and {MAX_SIZE} bytes, not {raw!r}")
+        return size
     if hint is Regex:
         if not isinstance(raw, str):
             raise ConfigError(key, f"must be a regular expression string, not {type(raw).__name__}")
@@ -184,6 +216,8 @@ def convert(hint: Any, raw: Any, key: str) -> Any:
     if hint is int:
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise ConfigError(key, f"must be an integer, not {raw!r}")
+        if not -(2**63) <= raw < 2**63:  # what every count and limit here is compared with
+            raise ConfigError(key, f"{raw} is out of range")
         return raw
     if hint is float:
         if isinstance(raw, bool) or not isinstance(raw, int | float):

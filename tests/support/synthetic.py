@@ -37,7 +37,9 @@ def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def exposition(n: int, reset_every: int = 7) -> str:
+def exposition(n: int, reset_every: int = 7, wide: int = 0, bad_timestamp: bool = False) -> str:
+    """Scrape n's body; `wide` adds that many series of one gauge (synthetic_wide{i}, value n), and
+    `bad_timestamp` a sample whose timestamp no archive can store (year 2^40 ms from now)."""
     c = counter_value(n, reset_every)
     lines = [
         "# HELP synthetic_requests_total Requests served.",
@@ -60,16 +62,41 @@ def exposition(n: int, reset_every: int = 7) -> str:
         "# TYPE synthetic_nasty_info gauge",
     ]
     lines += [f'synthetic_nasty_info{{value="{escape(v)}",index="{i}"}} 1' for i, v in enumerate(NASTY_VALUES)]
+    if wide:
+        lines.append("# TYPE synthetic_wide gauge")
+        lines += [f'synthetic_wide{{i="{i}"}} {n}' for i in range(wide)]
+    if bad_timestamp:
+        lines += ["# TYPE synthetic_from_the_future gauge", f"synthetic_from_the_future {n} {2**53}"]
     return "\n".join(lines) + "\n"
 
 
-class SyntheticExporter:
-    """Serves `exposition(n)` on /metrics. `mode`: ok, malformed, error (HTTP 500), slow."""
+def filler(size: int) -> bytes:
+    """A valid exposition body of `size` bytes or a little more (one gauge, many series)."""
+    line = 'synthetic_filler{{i="{:09d}",padding="{}"}} 1\n'
+    out = [b"# TYPE synthetic_filler gauge\n"]
+    total, i = len(out[0]), 0
+    while total < size:
+        chunk = line.format(i, "x" * 40).encode()
+        out.append(chunk)
+        total += len(chunk)
+        i += 1
+    return b"".join(out)
 
-    def __init__(self, reset_every: int = 7, slow_seconds: float = 2.0) -> None:
+
+class SyntheticExporter:
+    """Serves `exposition(n)` on /metrics. `mode`: ok, malformed, error (HTTP 500), slow, endless
+    (a chunked body that never ends, until the client hangs up), huge (`huge_bytes` of valid
+    exposition). `wide` and `bad_timestamp`: see exposition()."""
+
+    def __init__(self, reset_every: int = 7, slow_seconds: float = 2.0, wide: int = 0, bad_timestamp: bool = False,
+                 mode: str = "ok", huge_bytes: int = 0) -> None:
         self.reset_every = reset_every
         self.slow_seconds = slow_seconds
-        self.mode = "ok"
+        self.wide = wide
+        self.bad_timestamp = bad_timestamp
+        self.huge = filler(huge_bytes) if huge_bytes else b""
+        self.abandoned = 0  # endless or huge bodies the client stopped reading
+        self.mode = mode
         self.served: list[tuple[float, int]] = []  # (time the answer was sent, scrape number)
         self._lock = threading.Lock()
         self._n = 0
@@ -90,13 +117,34 @@ class SyntheticExporter:
                 elif mode == "slow":
                     time.sleep(exporter.slow_seconds)
                     self._answer(200, b"late 1\n")
+                elif mode == "endless":
+                    self._endless()
+                elif mode == "huge":
+                    self._answer(200, exporter.huge)
                 else:
                     with exporter._lock:
                         n = exporter._n
                         exporter._n += 1
-                        body = exposition(n, exporter.reset_every).encode()
+                        body = exposition(n, exporter.reset_every, exporter.wide, exporter.bad_timestamp).encode()
                         self._answer(200, body)
                         exporter.served.append((time.time(), n))
+
+            def _endless(self) -> None:
+                head = b"# TYPE synthetic_endless gauge\n"
+                # Long lines: bytes, not samples, are what this body has too many of.
+                pad = "x" * 2000
+                block = b"".join(f'synthetic_endless{{i="{i}",pad="{pad}"}} 1\n'.encode() for i in range(25))
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(f"{len(head):x}\r\n".encode() + head + b"\r\n")
+                    while True:
+                        self.wfile.write(f"{len(block):x}\r\n".encode() + block + b"\r\n")
+                except OSError:
+                    with exporter._lock:
+                        exporter.abandoned += 1
 
             def _answer(self, status: int, body: bytes) -> None:
                 try:
