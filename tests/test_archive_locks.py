@@ -19,15 +19,17 @@ from typing import TypeVar
 import psycopg
 import pytest
 import sqlalchemy as sa
+from psycopg import sql
 from support.archive import batches, login_as, ms, synthetic
 
 from perfwatch.archiver import db
 from perfwatch.archiver.migrate import SCHEMA_DIR, apply_migrations
 from perfwatch.archiver.model import Batch, MetricMeta, Sample
-from perfwatch.archiver.policy import Policy, mirror_policy
+from perfwatch.archiver.policy import Policy, Tier, mirror_policy
 from perfwatch.archiver.retention import run_retention
 from perfwatch.archiver.rollup import run_rollups
 from perfwatch.archiver.store import Store
+from perfwatch.common.config import Duration
 
 OLD_LOCK_CLASS = 1885696614  # the advisory-lock class of 0003 and of the old migration lock (1 to 4)
 LOCK_TABLES = ["perfwatch.lock_rollup", "perfwatch.lock_raw_write", "perfwatch.lock_partition",
@@ -163,3 +165,64 @@ def test_a_first_tier_rollup_waits_for_a_write_in_progress(archive: sa.Engine, p
     with archive.connect() as conn:
         assert conn.execute(sa.text("SELECT max FROM perfwatch.rollup_5m WHERE series_id = :s AND bucket = :b"),
                             {"s": series_id, "b": START + dt.timedelta(minutes=30)}).scalar() == 1e15
+
+
+@pytest.mark.slow
+def test_a_grafana_transaction_left_open_delays_no_write_while_partitions_come_and_go(pg_dsn: str) -> None:
+    """A Grafana session reads every table of the archive and leaves its transaction open (20 s; the
+    role's idle_in_transaction_session_timeout would end it after a minute). Meanwhile retention
+    passes create partitions ahead and expire old ones, and a writer writes a batch every 100 ms:
+    no write waits as long as a scrape interval (1 s). CREATE TABLE ... PARTITION OF and DROP TABLE
+    waited for the reader's ACCESS SHARE, and every write queued behind them."""
+    policy = Policy(raw_retention=Duration(3600), tiers=[Tier(Duration(300), Duration(2 * 86400)),
+                                                         Tier(Duration(3600), Duration(730 * 86400))])
+    engine = db.make_engine(pg_dsn)
+    apply_migrations(engine)
+    mirror_policy(engine, policy)
+    old = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(days=6)
+    store = Store(engine)
+    for b in batches(synthetic(old, 5 * 24, interval_s=600)):  # five days: partitions retention expires
+        store.write(b)
+    run_rollups(engine, policy)
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def write_continuously() -> None:
+        i = 0
+        while not stop.is_set():
+            now = int(time.time() * 1000)
+            batch = Batch("w", "h:1", now, [Sample("live_gauge", (("instance", "h:1"), ("job", "w")), i, now)],
+                          {"live_gauge": MetricMeta("live_gauge", "gauge", "gauge")})
+            started = time.monotonic()
+            store.write(batch)
+            latencies.append(time.monotonic() - started)
+            i += 1
+            stop.wait(0.1)
+
+    with login_as("perfwatch_grafana", pg_dsn) as dsn, psycopg.connect(dsn) as grafana:
+        tables = [name for (name,) in grafana.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'perfwatch'::regnamespace "
+            "AND c.relkind IN ('r', 'p') AND has_table_privilege(c.oid, 'SELECT')").fetchall()]
+        for name in tables:  # ACCESS SHARE on every table, partitions included, until the transaction ends
+            grafana.execute(sql.SQL("SELECT count(*) FROM perfwatch.{}").format(sql.Identifier(name)))
+        assert "sample" in tables and any(t.startswith("sample_") for t in tables)
+        writer = threading.Thread(target=write_continuously, daemon=True)
+        writer.start()
+        runs = []
+        deadline = time.monotonic() + 20
+        day = 0
+        while time.monotonic() < deadline:
+            # Each pass a day later: a new partition ahead for every level, more of them expired.
+            runs.append(finishes(lambda d=day: run_retention(engine, policy, dt.datetime.now(dt.UTC)  # type: ignore[misc]
+                                                             + dt.timedelta(days=d)), "a retention pass"))
+            day += 1
+        stop.set()
+        writer.join(10)
+        assert grafana.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS  # still open, all along
+    assert len(latencies) > 50 and max(latencies) < 1.0, f"slowest write {max(latencies):.2f}s"
+    assert sum(len(r.created) for r in runs) >= 3 and sum(len(r.deferred) for r in runs) >= 1
+    after = run_retention(engine, policy, dt.datetime.now(dt.UTC) + dt.timedelta(days=day))  # the reader is gone
+    assert after.deferred == [] and after.dropped
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM perfwatch.partition_drop")).scalar() == 0
+    engine.dispose()

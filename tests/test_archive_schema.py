@@ -24,7 +24,8 @@ from perfwatch.archiver.rollup import run_rollups
 from perfwatch.archiver.status import tier_status
 from perfwatch.archiver.store import Store
 
-ALL = ["0001_roles.sql", "0002_catalog.sql", "0003_archive.sql", "0004_functions_leave_the_migrations.sql"]
+ALL = ["0001_roles.sql", "0002_catalog.sql", "0003_archive.sql", "0004_functions_leave_the_migrations.sql",
+       "0005_partition_drops.sql", "0006_reader_limits.sql"]
 APPLIED = sa.text("SELECT name FROM perfwatch.schema_migration ORDER BY version")
 
 
@@ -53,7 +54,7 @@ def test_an_edited_or_failing_migration_is_refused(pg_dsn: str, tmp_path: Path) 
         apply_migrations(engine, migrations)
     with engine.connect() as conn:  # its transaction rolled back: no half-applied file
         assert conn.execute(sa.select(sa.func.to_regclass("perfwatch.half_done"))).scalar() is None
-        assert conn.execute(sa.text("SELECT max(version) FROM perfwatch.schema_migration")).scalar() == 4
+        assert conn.execute(sa.text("SELECT max(version) FROM perfwatch.schema_migration")).scalar() == 6
     (migrations / "0007_broken.sql").unlink()
     path = migrations / "0002_catalog.sql"
     path.write_text(path.read_text() + "\n-- an afterthought\n")
@@ -179,6 +180,8 @@ def test_grafana_role_is_read_only_with_a_statement_timeout(archive: str) -> Non
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
             assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
+            assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("1min",)
+            assert conn.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user").fetchone() == (16,)
             assert scalar(conn, "SELECT count(*) FROM perfwatch.series") == 5
             assert scalar(conn, "SELECT count(*) FROM perfwatch.rollup_5m") > 0
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
@@ -205,7 +208,8 @@ def test_grafana_role_is_read_only_with_a_statement_timeout(archive: str) -> Non
             "SELECT * FROM perfwatch.upsert_metrics('{x}', '{gauge}', '{gauge}', '{\"\"}', '{\"\"}')",
             "SELECT * FROM perfwatch.upsert_series('{1}', '{\"{}\"}', ARRAY[now()])",
             "SELECT perfwatch.touch_series('{1}', now())",
-            "SELECT * FROM perfwatch.drop_expired('raw', now() + interval '100 years')",
+            "SELECT * FROM perfwatch.expire_partitions('raw', now() + interval '100 years')",
+            "SELECT perfwatch.partition_dropped('sample_20240601')",
             "SELECT perfwatch.rollup_range('5m', '2024-06-01', '2024-06-02')",
             "SELECT perfwatch.note_late('5m', now(), now())",
             "SET ROLE perfwatch_writer",

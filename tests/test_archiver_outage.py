@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,45 @@ def test_a_dead_embedded_server_is_started_again_and_nothing_is_lost(tmp_path: P
     finally:
         embedded.stop()
     assert numbers == synth.served_numbers()  # all of them, in order, once
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: a disk that fills up during an outage."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_spool_whose_disk_filled_takes_batches_again_once_written(tmp_path: Path, small_disk: Path,
+                                                                    own_postgres: EmbeddedPostgres) -> None:
+    """The spool on a 256 KiB disk, PostgreSQL stopped until the disk is full: scrapes are lost while
+    it is (logged, counted); once the database is back and the backlog written, the spool takes
+    batches again. Its only segment, smaller than the rotation size, kept every written batch on
+    the full disk, and every later scrape was lost, restarts included."""
+    dsn = own_postgres.dsn()
+    data_dir = small_disk / "data"
+    with SyntheticExporter() as synth:
+        archiver = ArchiverProcess(tmp_path, {**config(synth, dsn), "data_dir": str(data_dir),
+                                              "scrape_interval": "100ms"}).start()
+        archiver.wait_for(lambda: written(archiver) > 0, "first writes")
+        own_postgres.stop()
+        archiver.wait_for(lambda: archiver.metric("perfwatch_archiver_spool_dropped_batches_total") >= 3,
+                          "the disk full and scrapes lost", timeout=90)
+        own_postgres.start()
+        archiver.wait_for(lambda: archiver.metric("perfwatch_archiver_spool_batches") == 0, "the backlog written",
+                          timeout=60)
+        dropped = archiver.metric("perfwatch_archiver_spool_dropped_batches_total")
+        resumed = len(synth.served)
+        archiver.wait_for(lambda: len(synth.served) >= resumed + 20, "twenty scrapes after the backlog")
+        archiver.wait_for(lambda: archiver.metric("perfwatch_archiver_spool_batches") == 0, "those written too")
+        assert archiver.metric("perfwatch_archiver_spool_dropped_batches_total") == dropped
+        assert archiver.stop() == 0
+    numbers = scrape_numbers(dsn)
+    assert set(range(resumed, resumed + 20)) <= set(numbers)  # every scrape after the recovery
+    assert len(numbers) == len(set(numbers))
+    assert "No space left on device" in archiver.service.log()

@@ -158,6 +158,14 @@ def psycopg_connection(conn: sa.Connection) -> psycopg.Connection[Any]:
     return dbapi
 
 
+def become_writer(conn: psycopg.Connection[Any]) -> None:
+    """Act as perfwatch_writer for the rest of the session (DDL on the archive's tables needs their
+    owner): a no-op for the writer itself; a superuser or a member of the writer may."""
+    row = conn.execute("SELECT current_user").fetchone()
+    if row is None or row[0] != WRITER_ROLE:
+        conn.execute(f"SET ROLE {WRITER_ROLE}")
+
+
 def fn(name: str, *args: Any) -> sa.FunctionElement[Any]:
     """perfwatch.<name>(*args) as a Core function call."""
     function: sa.FunctionElement[Any] = getattr(getattr(sa.func, SCHEMA), name)(*args)

@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 
 from perfwatch.archiver import db
@@ -108,6 +109,8 @@ def apply_migrations(engine: sa.Engine, schema_dir: Path = SCHEMA_DIR,
     applied: list[str] = []
     with db.unavailable_as("applying migrations"), engine.connect() as conn:
         try:
+            # A migration says what it could not do (a role it may not change) with a WARNING.
+            db.psycopg_connection(conn).add_notice_handler(_log_warning)
             with conn.begin():
                 db.run_script(conn, db.sql_text("migrate_bootstrap"))
             _adopt_legacy(conn, migrations)
@@ -122,6 +125,11 @@ def apply_migrations(engine: sa.Engine, schema_dir: Path = SCHEMA_DIR,
     # Connections pooled before the roles existed would keep creating things as the login user.
     engine.dispose()
     return applied
+
+
+def _log_warning(diagnostic: psycopg.errors.Diagnostic) -> None:
+    if diagnostic.severity_nonlocalized == "WARNING":
+        log.warning("%s", diagnostic.message_primary)
 
 
 def _applied(conn: sa.Connection) -> dict[int, sa.Row[Any]]:

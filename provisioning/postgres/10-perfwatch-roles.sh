@@ -1,13 +1,15 @@
 #!/bin/bash
 # Runs once, when the postgres container initialises an empty data volume (docker-entrypoint-initdb.d),
 # before the archiver's first start: gives the archive's two roles a login and the passwords from
-# compose's secret files. The archive's first migration (sql/migrations/0001_roles.sql) finds the
+# compose's secret files. The archive's first migration (perfwatch/archiver/sql/schema/0001_roles.sql) finds the
 # roles existing and leaves them as they are here:
 #   perfwatch_writer   the archiver's login; owns the database, so it applies the migrations
 #                      and owns the archive;
-#   perfwatch_grafana  Grafana's login; the migrations grant it read access. 0001 gives a role it
-#                      creates these defaults, so they are set here too: read-only transactions,
-#                      a statement timeout and the archive's schema on the search path.
+#   perfwatch_grafana  Grafana's login; the migrations grant it read access. 0001 and 0006 give it
+#                      these settings, but changing a role takes CREATEROLE, which the writer
+#                      lacks, so they are set here: read-only transactions, a statement timeout, an
+#                      idle-in-transaction timeout, the archive's schema on the search path and a
+#                      connection limit (the writer keeps headroom).
 set -euo pipefail
 secrets="${PERFWATCH_SECRETS_DIR:-/run/secrets}"
 writer_password="$(<"$secrets/archiver_db_password")"
@@ -20,5 +22,7 @@ CREATE ROLE perfwatch_grafana LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLIC
 ALTER ROLE perfwatch_grafana SET default_transaction_read_only = on;
 ALTER ROLE perfwatch_grafana SET statement_timeout = '30s';
 ALTER ROLE perfwatch_grafana SET search_path = perfwatch, public;
+ALTER ROLE perfwatch_grafana SET idle_in_transaction_session_timeout = '1min';
+ALTER ROLE perfwatch_grafana CONNECTION LIMIT 16;
 ALTER DATABASE :"DBNAME" OWNER TO perfwatch_writer;
 SQL

@@ -4,11 +4,12 @@
 -- The partition of `p_tier` holding time `p_at`, created if missing. SECURITY DEFINER so that the
 -- writer owns every partition whoever asks (a superuser DSN included) and can drop it later.
 CREATE OR REPLACE FUNCTION perfwatch.ensure_partition(p_tier text, p_at timestamptz) RETURNS text
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, perfwatch AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, perfwatch SET lock_timeout = '5s' AS $$
 DECLARE
     t perfwatch.tier;
     p_lo timestamptz;
     p_name text;
+    time_column text := CASE WHEN p_tier = 'raw' THEN 'ts' ELSE 'bucket' END;
 BEGIN
     SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
     IF NOT FOUND THEN
@@ -30,8 +31,16 @@ BEGIN
     END IF;
     p_name := t.table_name || '_' || to_char(p_lo AT TIME ZONE 'UTC',
         CASE WHEN p_lo = date_trunc('day', p_lo, 'UTC') THEN 'YYYYMMDD' ELSE 'YYYYMMDD"_"HH24MISS' END);
-    EXECUTE format('CREATE TABLE perfwatch.%I PARTITION OF perfwatch.%I FOR VALUES FROM (%L) TO (%L)',
-                   p_name, t.table_name, p_lo, p_lo + t.partition_width);
+    -- A table of its own, then ATTACH: CREATE TABLE ... PARTITION OF takes ACCESS EXCLUSIVE on the
+    -- level's table, which waits for every reader's ACCESS SHARE (a Grafana session idle in a
+    -- transaction that read it), and every writer queues behind it. ATTACH PARTITION takes SHARE
+    -- UPDATE EXCLUSIVE, which conflicts with neither; it builds the level's indexes on the new,
+    -- empty table. The CHECK constraint spares it the scan for rows outside the range.
+    EXECUTE format('CREATE TABLE perfwatch.%I (LIKE perfwatch.%I INCLUDING DEFAULTS, '
+                   'CONSTRAINT %I CHECK (%I >= %L AND %I < %L))',
+                   p_name, t.table_name, p_name || '_range', time_column, p_lo, time_column, p_lo + t.partition_width);
+    EXECUTE format('ALTER TABLE perfwatch.%I ATTACH PARTITION perfwatch.%I FOR VALUES FROM (%L) TO (%L)',
+                   t.table_name, p_name, p_lo, p_lo + t.partition_width);
     INSERT INTO perfwatch.partition (tier, lo, hi, table_name) VALUES (p_tier, p_lo, p_lo + t.partition_width, p_name);
     RETURN p_name;
 END
