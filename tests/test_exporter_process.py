@@ -7,10 +7,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 from support.exposition import names, value, values
 from support.procs import REPO
+
+if TYPE_CHECKING:
+    from conftest import StartExporter
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -69,7 +73,7 @@ def test_invalid_yaml_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "not valid YAML" in result.stderr
 
 
-def test_endpoints(start_exporter) -> None:
+def test_endpoints(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     landing = requests.get(exporter.url + "/", timeout=10)
     assert landing.status_code == 200 and 'href="/metrics"' in landing.text
@@ -82,7 +86,7 @@ def test_endpoints(start_exporter) -> None:
     assert "perfwatch_scrape_collector_success" in metrics.text
 
 
-def test_gzip_only_when_asked(start_exporter) -> None:
+def test_gzip_only_when_asked(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     raw = requests.get(exporter.url + "/metrics", headers={"Accept-Encoding": "identity"}, stream=True,
                        timeout=10)
@@ -95,7 +99,7 @@ def test_gzip_only_when_asked(start_exporter) -> None:
     assert b"perfwatch_scrape_collector_success" in body
 
 
-def test_disabled_collector_emits_nothing(start_exporter) -> None:
+def test_disabled_collector_emits_nothing(start_exporter: StartExporter) -> None:
     enabled = start_exporter({"collectors": {"memory": {"enabled": True}}}).scrape()
     assert "perfwatch_memory_total_bytes" in names(enabled)
     text = start_exporter({"collectors": {"memory": {"enabled": False}}}).scrape()
@@ -104,7 +108,7 @@ def test_disabled_collector_emits_nothing(start_exporter) -> None:
     assert value(text, "perfwatch_scrape_collector_success", collector="cpu") == 1
 
 
-def test_failing_collector_is_marked_and_scrape_answers(start_exporter, tmp_path: Path) -> None:
+def test_failing_collector_is_marked_and_scrape_answers(start_exporter: StartExporter, tmp_path: Path) -> None:
     # A procfs whose stat file is garbage: the cpu collector raises on parsing, memory still works.
     fake_proc = tmp_path / "proc"
     fake_proc.mkdir()
@@ -129,7 +133,7 @@ def _all_collectors() -> list[str]:
     return list(load_all())
 
 
-def test_sigterm_exits_cleanly(start_exporter) -> None:
+def test_sigterm_exits_cleanly(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     exporter.scrape()
     assert exporter.service.stop(signal.SIGTERM) == 0
@@ -137,7 +141,7 @@ def test_sigterm_exits_cleanly(start_exporter) -> None:
     assert "stopped" in exporter.service.log()
 
 
-def test_port_in_use_is_a_clear_error(start_exporter) -> None:
+def test_port_in_use_is_a_clear_error(start_exporter: StartExporter) -> None:
     exporter = start_exporter()
     result = run_cli("--listen", f"127.0.0.1:{exporter.port}")
     assert result.returncode == 1

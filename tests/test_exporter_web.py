@@ -70,8 +70,9 @@ def server_threads() -> int:
 
 
 def test_idle_connections_are_closed_and_their_threads_end() -> None:
+    # The used connection is closed by the idle timeout, the silent one by the header timeout.
     server = WebServer("127.0.0.1", 0, {"/fast": lambda _r: Response(200, b"ok\n")}, server_name="test",
-                       idle_timeout=0.5)
+                       idle_timeout=0.5, header_timeout=0.5)
     server.start()
     try:
         before = server_threads()

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from support.exposition import samples
 from support.prometheus import Prometheus, promtool
 
+if TYPE_CHECKING:
+    from conftest import StartExporter
 
-def test_promtool_check_metrics_is_clean(start_exporter) -> None:
+
+def test_promtool_check_metrics_is_clean(start_exporter: StartExporter) -> None:
     text = start_exporter().scrape()
     result = promtool("check", "metrics", stdin=text)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
 
 
-def test_names_use_prefix_and_base_units(start_exporter) -> None:
+def test_names_use_prefix_and_base_units(start_exporter: StartExporter) -> None:
     text = start_exporter().scrape()
     for sample in samples(text):
         if sample.name.startswith("process_"):  # prometheus_client's standard process metrics
@@ -28,7 +32,7 @@ def test_names_use_prefix_and_base_units(start_exporter) -> None:
 
 
 @pytest.mark.slow
-def test_real_prometheus_scrapes_and_rates(start_exporter, tmp_path: Path) -> None:
+def test_real_prometheus_scrapes_and_rates(start_exporter: StartExporter, tmp_path: Path) -> None:
     exporter = start_exporter()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -25,6 +25,9 @@ class AuthResult:
     ok: bool
     user: str = ""
     reason: str = ""  # for the log, never for the client
+    # For the metric (httpserver.AUTH_FAILURE_REASONS): no_credentials, unsupported_scheme,
+    # malformed, unknown_user, wrong_password; "" on success.
+    kind: str = ""
 
 
 class BasicAuth:
@@ -56,17 +59,18 @@ class BasicAuth:
     def check(self, authorization: str) -> AuthResult:
         """Check an Authorization header value."""
         if not authorization:
-            return AuthResult(False, reason="no credentials")
+            return AuthResult(False, reason="no credentials", kind="no_credentials")
         scheme, _, encoded = authorization.strip().partition(" ")
         if scheme.lower() != "basic":
-            return AuthResult(False, reason=f"unsupported authorization scheme {scheme[:20]!r}")
+            return AuthResult(False, reason=f"unsupported authorization scheme {scheme[:20]!r}",
+                              kind="unsupported_scheme")
         try:
             user_bytes, colon, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
             user = user_bytes.decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
-            return AuthResult(False, reason="malformed basic credentials")
+            return AuthResult(False, reason="malformed basic credentials", kind="malformed")
         if not colon:
-            return AuthResult(False, user, "malformed basic credentials (no ':')")
+            return AuthResult(False, user, "malformed basic credentials (no ':')", "malformed")
         digest = hmac.new(self._key, user_bytes + b":" + password, hashlib.sha256).digest()
         if self._cached(digest):
             return AuthResult(True, user)
@@ -77,7 +81,9 @@ class BasicAuth:
                 return AuthResult(True, user)
             ok = self._bcrypt_ok(password, stored or self._dummy) and stored is not None
         if not ok:
-            return AuthResult(False, user, "wrong password" if stored is not None else "unknown user")
+            if stored is None:
+                return AuthResult(False, user, "unknown user", "unknown_user")
+            return AuthResult(False, user, "wrong password", "wrong_password")
         with self._cache_lock:
             if len(self._verified) < self.max_entries:
                 self._verified.add(digest)

@@ -10,7 +10,7 @@ from typing import Any
 
 from perfwatch import __version__
 from perfwatch.common.config import ConfigError, parse_listen
-from perfwatch.common.httpserver import WebServer, metrics_handler, service_routes
+from perfwatch.common.httpserver import HTTPMetrics, WebServer, metrics_handler, service_routes
 from perfwatch.common.lifecycle import serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import load_web_config
@@ -39,10 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the file node_exporter reads; see README, Authentication and TLS)")
     parser.add_argument("--log-level", choices=LEVELS,
                         help="log verbosity (default: the config's log_level, else info)")
+    parser.add_argument("--web.max-connections", type=positive_int, metavar="N", dest="max_connections",
+                        help="most HTTP connections served at once; more wait in the listen backlog "
+                        "(default: the config's max_connections, else 256)")
+    parser.add_argument("--web.enable-lifecycle", action="store_true", dest="enable_lifecycle",
+                        help="let POST /-/reload reload the config, as SIGHUP does (as in Prometheus; "
+                        "without it /-/reload answers 403)")
     parser.add_argument("--list-collectors", action="store_true",
                         help="print every collector, whether it is enabled, and exit")
     parser.add_argument("--version", action="version", version=f"perfwatch-exporter {__version__}")
     return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     collector_set = CollectorSet(collectors)
     registry = build_registry(collector_set, version=__version__)
+    http_metrics = HTTPMetrics()
+    registry.register(http_metrics)
     routes = service_routes("perfwatch exporter", __version__, metrics_handler(registry, render))
 
     def started(server: WebServer) -> bool:
@@ -85,6 +103,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("collectors enabled: %s; disabled: %s", ", ".join(enabled) or "none", ", ".join(disabled) or "none")
         return True
 
+    level = settings.log_level
+    from_cli = {"listen": args.listen, "max_connections": args.max_connections, "log_level": args.log_level}
+
+    def reload() -> None:
+        """SIGHUP, POST /-/reload: the config's log_level takes effect; other changes wait for a restart."""
+        nonlocal level
+        if not args.config:
+            return
+        try:
+            new, new_collectors = load_settings(args.config)
+        except ConfigError as err:  # refused: nothing changes
+            if not err.key:  # load_yaml's messages name the file already
+                raise
+            raise ConfigError(err.key, f"{err.message} (in config {args.config})") from None
+        if not from_cli["log_level"] and new.log_level != level:
+            logging.getLogger().setLevel(new.log_level.upper())
+            log.info("log level %s (was %s)", new.log_level, level)
+            level = new.log_level
+        restart = [name for name in ("listen", "max_connections", "procfs", "sysfs", "rootfs")
+                   if getattr(new, name) != getattr(settings, name) and not from_cli.get(name)]
+        if new_collectors != collector_settings:
+            restart.append("collectors")
+        if restart:
+            log.warning("config %s: changes to %s take effect at the next start", args.config, ", ".join(restart))
+
     # The collectors close after the server stops: a scrape may still be running until then.
     return serve(host, port, routes, listen=listen, server_name=f"perfwatch-exporter/{__version__}",
-                 web_config=web_config, log=log, started=started, cleanup=collector_set.close)
+                 web_config=web_config, log=log, started=started, cleanup=collector_set.close,
+                 web_config_path=args.web_config, reload=reload, enable_lifecycle=args.enable_lifecycle,
+                 max_connections=args.max_connections or settings.max_connections, http_metrics=http_metrics)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from perfwatch.common.config import ConfigError, convert, from_mapping, load_yaml, parse_listen, unknown_key_error
+from perfwatch.common.httpserver import MAX_CONNECTIONS, check_max_connections
 from perfwatch.exporter.collectors import load_all
 from perfwatch.exporter.collectors.base import HostPaths
 
@@ -26,6 +27,8 @@ class ExporterSettings:
         "help": "HOST:PORT to serve on; `:PORT` means every IPv4 interface, `[::]:PORT` IPv6 and IPv4."})
     log_level: LogLevel = dataclasses.field(default="info", metadata={
         "help": "debug, info, warning or error."})
+    max_connections: int = dataclasses.field(default=MAX_CONNECTIONS, metadata={
+        "help": "Most HTTP connections served at once; more wait in the listen backlog."})
     procfs: str = dataclasses.field(default="/proc", metadata={
         "help": "Where the host's /proc is mounted (a container: /host/proc)."})
     sysfs: str = dataclasses.field(default="/sys", metadata={
@@ -40,6 +43,7 @@ class ExporterSettings:
             parse_listen(self.listen)
         except ValueError as err:
             raise ConfigError(f"{key}.listen" if key else "listen", str(err)) from None
+        check_max_connections(self.max_connections, f"{key}.max_connections" if key else "max_connections")
 
     @property
     def paths(self) -> HostPaths:
