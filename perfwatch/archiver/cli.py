@@ -6,13 +6,13 @@ import argparse
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from perfwatch import __version__
 from perfwatch.archiver.settings import DEFAULT_PORT, ArchiverSettings, load_settings
 from perfwatch.common.config import ConfigError, parse_listen
-from perfwatch.common.httpserver import Request, Response, WebServer, metrics_handler, service_routes
+from perfwatch.common.httpserver import HTTPMetrics, Request, Response, WebServer, metrics_handler, service_routes
 from perfwatch.common.lifecycle import serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import WebConfig, load_web_config
@@ -25,6 +25,7 @@ COMMANDS = {
     "rollup": "run one rollup pass over every tier, then exit",
     "retention": "run one retention pass (create partitions ahead, drop expired ones), then exit",
     "status": "show the policy and each tier's state, then exit",
+    "backup": "write the archive's database to FILE (pg_dump's custom format, for pg_restore), then exit",
 }
 
 
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TLS and basic auth for the archiver's own endpoints, in exporter-toolkit's "
                         "web-config.yml format (as the exporter)")
     common.add_argument("--log-level", choices=LEVELS, default=S, help="log verbosity (default info)")
+    common.add_argument("--web.max-connections", type=positive_int, metavar="N", dest="max_connections", default=S,
+                        help="most connections to the archiver's own endpoints at once; more wait in the listen "
+                        "backlog (default: the config's max_connections, else 256)")
+    common.add_argument("--web.enable-lifecycle", action="store_true", dest="enable_lifecycle", default=S,
+                        help="let POST /-/reload reload the config, as SIGHUP does (as in Prometheus; without it "
+                        "/-/reload answers 403)")
     parser = argparse.ArgumentParser(
         prog="perfwatch-archiver", parents=[common],
         description="Scrape Prometheus exporters into PostgreSQL, downsample into tiers, apply retention. "
@@ -58,8 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"perfwatch-archiver {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, help_text in COMMANDS.items():
-        sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        if name == "backup":
+            command.add_argument("file", metavar="FILE", help="where to write it; - for standard output")
     return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return getattr(args, name, None)
 
     overrides = {"listen": opt("listen"), "data_dir": opt("data_dir"), "scrape_interval": opt("scrape_interval"),
-                 "log_level": opt("log_level"), "database.dsn": opt("dsn"), "targets": opt("target")}
+                 "log_level": opt("log_level"), "database.dsn": opt("dsn"), "targets": opt("target"),
+                 "max_connections": opt("max_connections")}
     try:
         settings = load_settings(opt("config"), overrides)  # type: ignore[arg-type]
         dsn = settings.database.resolve_dsn()
@@ -84,13 +104,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level if command == "run" or opt("log_level") else "warning")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at info
     if command == "run":
-        return run(settings, dsn, web_config)
+        config_path = str(opt("config")) if opt("config") else None
+
+        def load_again() -> ArchiverSettings:
+            """The config file as it is now, with the same command-line options over it."""
+            new = load_settings(config_path, overrides)
+            new.database.resolve_dsn()
+            if not new.targets:
+                raise ConfigError("targets", "nothing to scrape")
+            return new
+
+        return run(settings, dsn, web_config, web_config_path=str(opt("web_config") or "") or None,
+                   enable_lifecycle=bool(opt("enable_lifecycle")), load_again=load_again)
     from perfwatch.archiver.operate import operate
 
-    return operate(command, settings, dsn)
+    return operate(command, settings, dsn, backup_file=str(opt("file")) if opt("file") else None)
 
 
-def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | None = None) -> int:
+def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | None = None, *,
+        web_config_path: str | None = None, enable_lifecycle: bool = False,
+        load_again: Callable[[], ArchiverSettings] | None = None) -> int:
     from perfwatch.archiver.datadir import DataDirLockedError, lock_data_dir
     from perfwatch.archiver.service import Archiver
 
@@ -106,6 +139,8 @@ def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | Non
     def ready(_request: Request) -> Response:
         return Response(200, b"Ready.\n") if started.is_set() else Response(503, b"Starting.\n")
 
+    http_metrics = HTTPMetrics()
+    archiver.metrics.registry.register(http_metrics)
     routes = service_routes("perfwatch archiver", __version__, metrics_handler(archiver.metrics.registry), ready)
 
     def start(server: WebServer) -> bool:
@@ -121,5 +156,13 @@ def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | Non
         started.set()
         return True
 
+    def reload() -> None:
+        """SIGHUP, POST /-/reload: the config file again; a ConfigError refuses it, all of it."""
+        if load_again is not None:
+            log.info("reload: %s", archiver.reload(load_again()))
+
+    # SIGHUP and POST /-/reload re-read the web config and, through `reload`, the archiver's own.
     return serve(host, port, routes, listen=settings.listen, server_name=f"perfwatch-archiver/{__version__}",
-                 web_config=web_config, log=log, started=start, stopping=archiver.stop, cleanup=lock.close)
+                 web_config=web_config, log=log, started=start, stopping=archiver.stop, cleanup=lock.close,
+                 web_config_path=web_config_path, reload=reload, enable_lifecycle=enable_lifecycle,
+                 max_connections=settings.max_connections, http_metrics=http_metrics)

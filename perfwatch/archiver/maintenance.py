@@ -57,6 +57,7 @@ class Maintenance:
         self.metrics.retention_last_success.set(time.time())
         for table in run.dropped:
             self.metrics.partitions_dropped.labels(partition_tier(table, self.policy)).inc()
+        self.refresh_tiers()  # partitions came and went
         return True
 
     def _pass(self, what: str, work: Callable[[sa.Engine, Policy], T]) -> T | None:
@@ -78,7 +79,7 @@ class Maintenance:
         return result
 
     def refresh_tiers(self) -> None:
-        """tier_rows, tier_bytes and the watermarks behind rollup_lag_seconds (after each rollup pass)."""
+        """tier_rows, tier_bytes and the watermarks behind rollup_lag_seconds (after each pass)."""
         try:
             states = tier_status(self.database.engine)
         except DatabaseUnavailable as err:

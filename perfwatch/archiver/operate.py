@@ -1,4 +1,4 @@
-"""Operator commands: `migrate`, `rollup`, `retention`, `status` — one pass, print, exit.
+"""Operator commands: `migrate`, `rollup`, `retention`, `status`, `backup` — one pass, print, exit.
 
 They work beside a running archiver (the SQL side serialises rollup and retention with table
 locks, sql/functions/locks.sql). Without a DSN they use the embedded server under the data dir,
@@ -8,14 +8,17 @@ starting it for the command and stopping it after, unless it was running already
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from perfwatch.archiver.db import DatabaseUnavailable, make_engine
-from perfwatch.archiver.embedded import EmbeddedPostgres
+from perfwatch.archiver.embedded import EmbeddedPostgres, bin_dir
 from perfwatch.archiver.migrate import apply_migrations
 from perfwatch.archiver.policy import mirror_policy
 from perfwatch.archiver.retention import run_retention
@@ -27,11 +30,21 @@ from perfwatch.common.config import format_duration
 log = logging.getLogger("perfwatch.archiver")
 
 
-def operate(command: str, settings: ArchiverSettings, dsn: str | None) -> int:
+# Commands that only read or maintain an archive: run where none is, they must not create one
+# (a 46 MB cluster in whatever directory the command was typed in). `migrate` creates it.
+NEEDS_AN_ARCHIVE = ("status", "rollup", "retention", "backup")
+
+
+def operate(command: str, settings: ArchiverSettings, dsn: str | None, backup_file: str | None = None) -> int:
     embedded = None
     stop_after = False
     if dsn is None:
         embedded = EmbeddedPostgres(Path(settings.data_dir) / "postgres")
+        if command in NEEDS_AN_ARCHIVE and not embedded.exists():
+            print(f"perfwatch-archiver: {command}: no archive in {Path(settings.data_dir).resolve()} (no embedded "
+                  "PostgreSQL there); give the --data-dir (or --config) the archiver runs with, or --dsn",
+                  file=sys.stderr)
+            return 1
         stop_after = not embedded.running()
         try:
             dsn = embedded.start()
@@ -39,6 +52,12 @@ def operate(command: str, settings: ArchiverSettings, dsn: str | None) -> int:
             print(f"perfwatch-archiver: cannot start the embedded PostgreSQL in {embedded.data_dir}: {err}",
                   file=sys.stderr)
             return 1
+    if command == "backup":
+        try:
+            return backup(dsn, backup_file or "-")
+        finally:
+            if embedded is not None and stop_after:
+                embedded.stop()
     engine = make_engine(dsn)
     try:
         return _run(command, settings, engine)
@@ -84,6 +103,28 @@ def _run(command: str, settings: ArchiverSettings, engine: sa.Engine) -> int:
         if retention.waiting:
             print(f"kept {len(retention.waiting)} expired partitions until the next tier has rolled them up"
                   f"{_list(retention.waiting)}")
+    return 0
+
+
+def backup(dsn: str, file: str) -> int:
+    """The archive's database with the bundled pg_dump, in its custom format (pg_restore reads it).
+    Debian's pg_dump 15 refuses a server of 18, the embedded one: the bundled one dumps every
+    server up to its own major. The password goes by the environment, not the command line."""
+    params = dict(conninfo_to_dict(dsn))
+    password = str(params.pop("password", "") or "")
+    env = {**os.environ, **({"PGPASSWORD": password} if password else {})}
+    argv = [str(bin_dir() / "pg_dump"), "--format=custom", f"--dbname={make_conninfo('', **params)}"]
+    if file != "-":
+        argv.append(f"--file={file}")
+    result = subprocess.run(argv, env=env, stdout=None if file == "-" else subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, timeout=None)
+    if result.returncode != 0:
+        print(f"perfwatch-archiver: backup failed: {result.stderr.strip()}", file=sys.stderr)
+        return 1
+    if file != "-":
+        size = Path(file).stat().st_size
+        print(f"backup of database {params.get('dbname', '')} written to {file} ({_bytes(size)}); restore it with "
+              f"pg_restore --dbname=DSN {file}")
     return 0
 
 

@@ -79,6 +79,16 @@ class Target:
         """How logs name the target."""
         return f"{self.job}/{self.instance} ({self.url})"
 
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What makes it this target: its job and instance (the config refuses two with the same)."""
+        return (self.job, self.instance)
+
+    def same_as(self, other: Target) -> bool:
+        """Scraped the same way, credentials included (which == leaves out)."""
+        return self == other and (self.basic_auth, self.authorization, self.tls_config) == (
+            other.basic_auth, other.authorization, other.tls_config)
+
     def target_labels(self) -> dict[str, str]:
         return {"job": self.job, "instance": self.instance, **dict(self.labels)}
 

@@ -64,9 +64,9 @@ class ArchiverMetrics:
         self.retention_last_success = Gauge(PREFIX + "retention_last_success_timestamp_seconds",
                                             "When a retention pass last succeeded (Unix time).", registry=r)
         self.tier_rows = Gauge(PREFIX + "tier_rows", "Rows in each tier's table (raw and each resolution), "
-                               "as of the last rollup pass.", ["tier"], registry=r)
+                               "as of the last rollup or retention pass.", ["tier"], registry=r)
         self.tier_bytes = Gauge(PREFIX + "tier_bytes", "On-disk size of each tier's tables and indexes, "
-                                "as of the last rollup pass.", ["tier"], registry=r)
+                                "as of the last rollup or retention pass.", ["tier"], registry=r)
 
         # Set by the service once the store exists: its counts of samples not stored, by reason.
         self.store_dropped: Callable[[], Mapping[str, int]] | None = None

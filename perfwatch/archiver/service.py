@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -21,9 +22,9 @@ from perfwatch.archiver.database import Database
 from perfwatch.archiver.embedded import EmbeddedPostgres
 from perfwatch.archiver.maintenance import Maintenance
 from perfwatch.archiver.revive import Reviver
-from perfwatch.archiver.scrape import REASONS, ScrapeError, TargetScraper
+from perfwatch.archiver.scrape import REASONS, ScrapeError, Target, TargetScraper
 from perfwatch.archiver.selfmetrics import ArchiverMetrics
-from perfwatch.archiver.settings import ArchiverSettings
+from perfwatch.archiver.settings import ArchiverSettings, ScheduleSettings
 from perfwatch.archiver.spool import Spool
 from perfwatch.archiver.writer import Writer
 
@@ -39,21 +40,17 @@ class Archiver:
         self.configured_dsn = dsn
         self.spool = Spool(self.data_dir / "spool", settings.spool.max_bytes)
         self.metrics = ArchiverMetrics(self.spool)
-        self.targets = settings.scrape_targets()
-        self.scrapers = [TargetScraper(t) for t in self.targets]
+        self.scrapers = {t.identity: TargetScraper(t) for t in settings.scrape_targets()}
         self._failing: dict[str, str] = {}  # target name → last failure, to log changes only
+        self._reloading = threading.Lock()
         self.embedded: EmbeddedPostgres | None = None
         self.reviver: Reviver | None = None
         self.db: Database | None = None
         self.maintenance: Maintenance | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.writer: Writer | None = None
-        for t in self.targets:
-            self.metrics.scrapes.labels(t.job, t.instance)
-            self.metrics.samples_scraped.labels(t.job, t.instance)
-            self.metrics.samples_written.labels(t.job, t.instance)
-            for reason in REASONS:
-                self.metrics.scrape_failures.labels(t.job, t.instance, reason)
+        for scraper in self.scrapers.values():
+            self._announce(scraper.target)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -71,24 +68,86 @@ class Archiver:
         self.writer.start()
         self.maintenance = Maintenance(self.db, self.settings.policy, self.metrics, revive or _nothing)
 
-        workers = len(self.scrapers) + 2
+        # Enough workers for every target and both maintenance jobs; targets added by a reload share them.
+        workers = max(8, len(self.scrapers) + 2)
         self.scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(workers)}, timezone="UTC",
                                              job_defaults={"coalesce": True, "max_instances": 1})
-        now = dt.datetime.now(dt.UTC)
-        for scraper in self.scrapers:
-            t = scraper.target
-            self.scheduler.add_job(self._scrape, IntervalTrigger(seconds=t.interval), args=[scraper],
-                                   id=f"scrape {t.job}/{t.instance}", next_run_time=now,
-                                   misfire_grace_time=max(1, int(t.interval)))
-        schedule = self.settings.schedule
-        self.scheduler.add_job(self.maintenance.rollup_pass, IntervalTrigger(seconds=schedule.rollup_interval),
-                               id="rollup", next_run_time=now, misfire_grace_time=max(1, int(schedule.rollup_interval)))
-        self.scheduler.add_job(self.maintenance.retention_pass, IntervalTrigger(seconds=schedule.retention_interval),
-                               id="retention", next_run_time=now,
-                               misfire_grace_time=max(1, int(schedule.retention_interval)))
+        for scraper in self.scrapers.values():
+            self._schedule_scrapes(scraper)
+        self._schedule_maintenance(self.settings.schedule)
         self.scheduler.start()
-        for t in self.targets:
+        for scraper in self.scrapers.values():
+            t = scraper.target
             log.info("scraping %s every %gs (timeout %gs)", t.name, t.interval, t.timeout)
+
+    def _schedule_scrapes(self, scraper: TargetScraper) -> None:
+        assert self.scheduler is not None
+        t = scraper.target
+        self.scheduler.add_job(self._scrape, IntervalTrigger(seconds=t.interval), args=[scraper],
+                               id=f"scrape {t.job}/{t.instance}", next_run_time=dt.datetime.now(dt.UTC),
+                               misfire_grace_time=max(1, int(t.interval)), replace_existing=True)
+
+    def _schedule_maintenance(self, schedule: ScheduleSettings) -> None:
+        assert self.scheduler is not None and self.maintenance is not None
+        for job, interval in ((self.maintenance.rollup_pass, schedule.rollup_interval),
+                              (self.maintenance.retention_pass, schedule.retention_interval)):
+            name = job.__name__.removesuffix("_pass")
+            self.scheduler.add_job(job, IntervalTrigger(seconds=interval), id=name, replace_existing=True,
+                                   next_run_time=dt.datetime.now(dt.UTC), misfire_grace_time=max(1, int(interval)))
+
+    def _announce(self, t: Target) -> None:
+        """The target's series in the archiver's metrics from the start, at 0 (rates need a first point)."""
+        self.metrics.scrapes.labels(t.job, t.instance)
+        self.metrics.samples_scraped.labels(t.job, t.instance)
+        self.metrics.samples_written.labels(t.job, t.instance)
+        for reason in REASONS:
+            self.metrics.scrape_failures.labels(t.job, t.instance, reason)
+
+    # -- reload (SIGHUP, POST /-/reload) ---------------------------------------------------------
+
+    def reload(self, new: ArchiverSettings) -> str:
+        """Put `new` (validated by the caller) in force: targets added, removed or changed (their
+        interval, timeout, limits, labels, credentials), the policy, the schedule and the log level.
+        What the running process is built on (listen, data_dir, database, spool) needs a restart:
+        said in the log, kept as it is. Returns what changed, for the log."""
+        with self._reloading:
+            old = self.settings
+            for key in ("listen", "data_dir", "database", "spool", "max_connections"):
+                if getattr(new, key, None) != getattr(old, key, None):
+                    log.warning("reload: %s changed; it takes effect when the archiver restarts", key)
+            changes = []
+            wanted = {t.identity: t for t in new.scrape_targets()}
+            for identity in [i for i in self.scrapers if i not in wanted]:
+                scraper = self.scrapers.pop(identity)
+                if self.scheduler is not None:
+                    self.scheduler.remove_job(f"scrape {scraper.target.job}/{scraper.target.instance}")
+                scraper.close()
+                changes.append(f"-{scraper.target.name}")
+            for identity, target in wanted.items():
+                current = self.scrapers.get(identity)
+                if current is not None and current.target.same_as(target):
+                    continue
+                scraper = self.scrapers[identity] = TargetScraper(target)
+                self._announce(target)
+                if self.scheduler is not None:
+                    self._schedule_scrapes(scraper)  # replaces the old job, whose scraper is closed below
+                if current is not None:
+                    current.close()
+                changes.append(f"{'~' if current else '+'}{target.name}")
+            if new.policy != old.policy:
+                new.policy.validate("policy")
+                for holder in (self.db, self.maintenance):
+                    if holder is not None:
+                        holder.policy = new.policy  # mirrored by the next rollup and retention passes
+                changes.append("policy")
+            if new.schedule != old.schedule and self.scheduler is not None:
+                self._schedule_maintenance(new.schedule)
+                changes.append("schedule")
+            if new.log_level != old.log_level:
+                logging.getLogger().setLevel(new.log_level.upper())
+                changes.append(f"log_level {new.log_level}")
+            self.settings = new
+            return ", ".join(changes) or "nothing changed"
 
     def stop(self) -> None:
         """Finish in-flight scrapes (they land in the spool), write what the database takes within
@@ -104,7 +163,7 @@ class Archiver:
             log.warning("%d batches (%d bytes) stay in the spool %s; they are written at the next start",
                         left.batches, left.bytes, self.spool.directory)
         self.spool.close()
-        for scraper in self.scrapers:
+        for scraper in self.scrapers.values():
             scraper.close()
         if self.db is not None:
             self.db.dispose()
