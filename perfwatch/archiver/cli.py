@@ -13,7 +13,7 @@ from perfwatch import __version__
 from perfwatch.archiver.settings import DEFAULT_PORT, ArchiverSettings, load_settings
 from perfwatch.common.config import ConfigError, parse_listen
 from perfwatch.common.httpserver import HTTPMetrics, Request, Response, WebServer, metrics_handler, service_routes
-from perfwatch.common.lifecycle import serve
+from perfwatch.common.lifecycle import add_web_arguments, serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import WebConfig, load_web_config
 
@@ -46,16 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default scrape interval, e.g. 15s, 500ms (default 15s)")
     common.add_argument("--listen", metavar="HOST:PORT", default=S,
                         help=f"address for the archiver's own /metrics (default :{DEFAULT_PORT})")
-    common.add_argument("--web-config", "--web.config.file", metavar="FILE", dest="web_config", default=S,
-                        help="TLS and basic auth for the archiver's own endpoints, in exporter-toolkit's "
-                        "web-config.yml format (as the exporter)")
     common.add_argument("--log-level", choices=LEVELS, default=S, help="log verbosity (default info)")
-    common.add_argument("--web.max-connections", type=positive_int, metavar="N", dest="max_connections", default=S,
-                        help="most connections to the archiver's own endpoints at once; more wait in the listen "
-                        "backlog (default: the config's max_connections, else 256)")
-    common.add_argument("--web.enable-lifecycle", action="store_true", dest="enable_lifecycle", default=S,
-                        help="let POST /-/reload reload the config, as SIGHUP does (as in Prometheus; without it "
-                        "/-/reload answers 403)")
+    add_web_arguments(common, "the archiver", default=S)
     parser = argparse.ArgumentParser(
         prog="perfwatch-archiver", parents=[common],
         description="Scrape Prometheus exporters into PostgreSQL, downsample into tiers, apply retention. "
@@ -69,16 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "backup":
             command.add_argument("file", metavar="FILE", help="where to write it; - for standard output")
     return parser
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

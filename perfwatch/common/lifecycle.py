@@ -14,12 +14,14 @@ one in force stays.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import resource
 import signal
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from perfwatch.common.config import ConfigError
 from perfwatch.common.httpserver import (
@@ -210,3 +212,27 @@ def serve(host: str, port: int, routes: dict[str, Handler], *, listen: str, serv
         return 1
     log.info("stopped")
     return 0
+
+
+def add_web_arguments(parser: argparse.ArgumentParser, program: str, default: Any = None) -> None:
+    """The options of the HTTP server both programs share (as Prometheus and its exporters name
+    them); `default`: argparse.SUPPRESS where a subcommand must not overwrite them."""
+    parser.add_argument("--web-config", "--web.config.file", metavar="FILE", dest="web_config", default=default,
+                        help="TLS and basic-auth config in exporter-toolkit's web-config.yml format (the file "
+                        "node_exporter reads; see README, Authentication and TLS)")
+    parser.add_argument("--web.max-connections", type=positive_int, metavar="N", dest="max_connections",
+                        default=default, help="most HTTP connections served at once; more wait in the listen "
+                        f"backlog (default: the config's max_connections, else {MAX_CONNECTIONS})")
+    parser.add_argument("--web.enable-lifecycle", action="store_true", dest="enable_lifecycle", default=default,
+                        help=f"let POST /-/reload reload {program}'s config, as SIGHUP does (as in Prometheus; "
+                        "without it /-/reload answers 403)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

@@ -11,7 +11,7 @@ from typing import Any
 from perfwatch import __version__
 from perfwatch.common.config import ConfigError, parse_listen
 from perfwatch.common.httpserver import HTTPMetrics, WebServer, metrics_handler, service_routes
-from perfwatch.common.lifecycle import serve
+from perfwatch.common.lifecycle import add_web_arguments, serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import load_web_config
 from perfwatch.exporter.collect import CollectorSet, build_registry
@@ -34,31 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"address to serve on (default: the config's listen, else :{DEFAULT_PORT}, "
                         "every IPv4 interface; [::]:PORT for IPv6 too)")
     parser.add_argument("--config", metavar="FILE", help="YAML config file (collectors and their options)")
-    parser.add_argument("--web-config", "--web.config.file", metavar="FILE", dest="web_config",
-                        help="TLS and basic-auth config in exporter-toolkit's web-config.yml format "
-                        "(the file node_exporter reads; see README, Authentication and TLS)")
     parser.add_argument("--log-level", choices=LEVELS,
                         help="log verbosity (default: the config's log_level, else info)")
-    parser.add_argument("--web.max-connections", type=positive_int, metavar="N", dest="max_connections",
-                        help="most HTTP connections served at once; more wait in the listen backlog "
-                        "(default: the config's max_connections, else 256)")
-    parser.add_argument("--web.enable-lifecycle", action="store_true", dest="enable_lifecycle",
-                        help="let POST /-/reload reload the config, as SIGHUP does (as in Prometheus; "
-                        "without it /-/reload answers 403)")
+    add_web_arguments(parser, "the exporter")
     parser.add_argument("--list-collectors", action="store_true",
                         help="print every collector, whether it is enabled, and exit")
     parser.add_argument("--version", action="version", version=f"perfwatch-exporter {__version__}")
     return parser
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
