@@ -93,7 +93,7 @@ def test_grafana_cannot_take_any_of_the_archives_locks(archive: sa.Engine, pg_ds
                         conn.execute(f"LOCK TABLE {table} IN {mode} MODE")
             with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"SELECT FROM {table}")
-        for statement in ("SELECT * FROM perfwatch.begin_write()", "SELECT perfwatch.lock_for_rollup(1)"):
+        for statement in ("SELECT * FROM perfwatch.begin_write()", "SELECT perfwatch.begin_rollup('5m')"):
             with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
     with psycopg.connect(pg_dsn) as conn:  # the writer owns them, and no one else (PUBLIC: 0) has a privilege

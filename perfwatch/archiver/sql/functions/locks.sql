@@ -13,7 +13,7 @@
 -- with neither. Not advisory locks: any role that can connect (the read-only Grafana role too)
 -- can take any advisory lock and so could hold every write back; locking these tables in a mode
 -- that conflicts with the archive's needs privileges only the writer (their owner) and superusers
--- have. begin_write and lock_for_rollup run as their caller, whom EXECUTE restricts to the writer
+-- have. begin_write and begin_rollup run as their caller, whom EXECUTE restricts to the writer
 -- (0001 revokes it from PUBLIC) and superusers.
 
 -- Taken by every store write, before it reads where the first tier's rollup is. Returns the time
@@ -34,13 +34,27 @@ BEGIN
 END
 $$;
 
--- The locks a rollup of the tier at p_level takes.
-CREATE OR REPLACE FUNCTION perfwatch.lock_for_rollup(p_level integer) RETURNS void
-    LANGUAGE plpgsql AS $$
+-- Taken by each step of p_tier's rollup (rollup.sql): p_tier must be a rollup tier of the active
+-- policy; takes the rollup's locks and returns, as they are under them, the tier's state and that
+-- of the levels below (its source) and above it (NULL for the last tier).
+CREATE OR REPLACE FUNCTION perfwatch.begin_rollup(p_tier text, OUT t perfwatch.tier, OUT src perfwatch.tier,
+                                                  OUT nxt perfwatch.tier)
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    lvl integer;
 BEGIN
+    SELECT level INTO lvl FROM perfwatch.archive_policy WHERE tier = p_tier;
+    IF lvl IS NULL OR lvl < 1 THEN
+        RAISE EXCEPTION 'tier % is not a rollup tier of the active policy', p_tier;
+    END IF;
     LOCK TABLE perfwatch.lock_rollup IN EXCLUSIVE MODE;
-    IF p_level = 1 THEN
+    IF lvl = 1 THEN
         LOCK TABLE perfwatch.lock_raw_write IN EXCLUSIVE MODE;
     END IF;
+    SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
+    SELECT s.* INTO src FROM perfwatch.archive_policy p JOIN perfwatch.tier s ON s.name = p.tier
+        WHERE p.level = lvl - 1;
+    SELECT s.* INTO nxt FROM perfwatch.archive_policy p JOIN perfwatch.tier s ON s.name = p.tier
+        WHERE p.level = lvl + 1;
 END
 $$;

@@ -84,19 +84,14 @@ CREATE OR REPLACE FUNCTION perfwatch.rollup_next(p_tier text, p_now timestamptz,
                                       OUT lo timestamptz, OUT hi timestamptz, OUT rows bigint)
     LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
 DECLARE
-    pol perfwatch.archive_policy;
+    levels record;
     t perfwatch.tier;
     src perfwatch.tier;
     closed_before timestamptz;
 BEGIN
-    SELECT * INTO pol FROM perfwatch.archive_policy WHERE tier = p_tier;
-    IF NOT FOUND OR pol.level < 1 THEN
-        RAISE EXCEPTION 'tier % is not a rollup tier of the active policy', p_tier;
-    END IF;
-    PERFORM perfwatch.lock_for_rollup(pol.level);
-    SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
-    SELECT s.* INTO src FROM perfwatch.archive_policy below JOIN perfwatch.tier s ON s.name = below.tier
-        WHERE below.level = pol.level - 1;
+    SELECT * INTO levels FROM perfwatch.begin_rollup(p_tier);
+    t := levels.t;
+    src := levels.src;
     IF src.name = 'raw' THEN
         closed_before := perfwatch.bucket_floor(t.resolution, p_now - p_delay);
     ELSIF src.watermark IS NULL THEN
@@ -130,7 +125,7 @@ $$;
 CREATE OR REPLACE FUNCTION perfwatch.rollup_dirty(p_tier text) RETURNS bigint
     LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
 DECLARE
-    pol perfwatch.archive_policy;
+    levels record;
     t perfwatch.tier;
     src perfwatch.tier;
     nxt perfwatch.tier;
@@ -139,16 +134,10 @@ DECLARE
     n bigint;
     total bigint := 0;
 BEGIN
-    SELECT * INTO pol FROM perfwatch.archive_policy WHERE tier = p_tier;
-    IF NOT FOUND OR pol.level < 1 THEN
-        RAISE EXCEPTION 'tier % is not a rollup tier of the active policy', p_tier;
-    END IF;
-    PERFORM perfwatch.lock_for_rollup(pol.level);
-    SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
-    SELECT s.* INTO src FROM perfwatch.archive_policy below JOIN perfwatch.tier s ON s.name = below.tier
-        WHERE below.level = pol.level - 1;
-    SELECT s.* INTO nxt FROM perfwatch.archive_policy above JOIN perfwatch.tier s ON s.name = above.tier
-        WHERE above.level = pol.level + 1;
+    SELECT * INTO levels FROM perfwatch.begin_rollup(p_tier);
+    t := levels.t;
+    src := levels.src;
+    nxt := levels.nxt;
     IF t.watermark IS NULL THEN
         -- nothing rolled up yet: the forward pass will see these samples
         DELETE FROM perfwatch.rollup_dirty WHERE tier = p_tier;
