@@ -102,7 +102,7 @@ def test_endless_and_huge_bodies_are_abandoned_at_the_limit_while_others_land(
     small = SyntheticExporter()
     with targets(*endless, huge, small):
         archiver = ArchiverProcess(tmp_path, {
-            "scrape_interval": "5s", "scrape_timeout": "5s",
+            "scrape_interval": "2s", "scrape_timeout": "2s",
             "targets": [*(target(s, body_size_limit="2MB") for s in endless), target(huge, sample_limit=5_000),
                         target(small)],
             "database": {"dsn": dsn, "retry_interval": "500ms"}}).start()

@@ -249,7 +249,7 @@ def test_a_spool_whose_disk_filled_takes_batches_again_once_written(tmp_path: Pa
     the full disk, and every later scrape was lost, restarts included."""
     dsn = own_postgres.dsn()
     data_dir = small_disk / "data"
-    with SyntheticExporter() as synth:
+    with SyntheticExporter(wide=300) as synth:  # batches of about 30 KB: the disk is full in a second
         archiver = ArchiverProcess(tmp_path, {**config(synth, dsn), "data_dir": str(data_dir),
                                               "scrape_interval": "100ms"}).start()
         archiver.wait_for(lambda: written(archiver) > 0, "first writes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import socket
 import threading
@@ -23,6 +24,7 @@ from perfwatch.archiver.scrape import (
     parse_exposition,
     relabel,
 )
+from perfwatch.archiver.service import first_scrape
 
 TARGET_LABELS = {"job": "node", "instance": "h:9"}
 
@@ -179,3 +181,19 @@ def test_body_trickling_past_the_timeout_is_a_timeout() -> None:
     assert err.value.reason == TIMEOUT and "body not complete" in err.value.message
     assert time.monotonic() - started < 1.5  # the target would take 2 s
     server.close()
+
+
+def test_targets_are_spread_over_the_interval_each_at_its_own_offset() -> None:
+    """As Prometheus spreads them: scraped all at the same instant, a crash lost a scrape of most
+    targets at once (the soak benchmark's finding) and the CPU came in bursts."""
+    now = dt.datetime(2026, 12, 1, 12, 0, 0, 250_000, tzinfo=dt.UTC)
+    targets = [Target(url=f"http://10.0.0.{i}:9100/metrics", job="node", instance=f"10.0.0.{i}:9100", interval=10.0)
+               for i in range(20)]
+    firsts = [first_scrape(t, now) for t in targets]
+    assert all(now <= f < now + dt.timedelta(seconds=10) for f in firsts)
+    offsets = sorted(f.timestamp() % 10 for f in firsts)
+    assert len(set(offsets)) == 20 and offsets[-1] - offsets[0] > 5  # spread, not bunched
+    assert [first_scrape(t, now) for t in targets] == firsts  # the same after a restart
+    later = now + dt.timedelta(seconds=3)
+    assert [round(first_scrape(t, later).timestamp() % 10, 6) for t in targets] == [
+        round(f.timestamp() % 10, 6) for f in firsts]  # the phase stays
