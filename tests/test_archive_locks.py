@@ -20,12 +20,11 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from psycopg import sql
-from support.archive import batches, login_as, ms, synthetic
+from support.archive import login_as, ms, stored_archive, synthetic
 
-from perfwatch.archiver import db
 from perfwatch.archiver.migrate import SCHEMA_DIR, apply_migrations
 from perfwatch.archiver.model import Batch, MetricMeta, Sample
-from perfwatch.archiver.policy import Policy, Tier, mirror_policy
+from perfwatch.archiver.policy import Policy, Tier
 from perfwatch.archiver.retention import run_retention
 from perfwatch.archiver.rollup import run_rollups
 from perfwatch.archiver.store import Store
@@ -44,12 +43,7 @@ T = TypeVar("T")
 @pytest.fixture
 def archive(pg_dsn: str) -> Iterator[sa.Engine]:
     """A migrated database holding two hours of samples, not rolled up yet."""
-    engine = db.make_engine(pg_dsn)
-    apply_migrations(engine)
-    mirror_policy(engine, POLICY)
-    store = Store(engine)
-    for b in batches(synthetic(START, 2, interval_s=60)):
-        store.write(b)
+    engine = stored_archive(pg_dsn, POLICY, synthetic(START, 2, interval_s=60))
     yield engine
     engine.dispose()
 
@@ -176,13 +170,10 @@ def test_a_grafana_transaction_left_open_delays_no_write_while_partitions_come_a
     waited for the reader's ACCESS SHARE, and every write queued behind them."""
     policy = Policy(raw_retention=Duration(3600), tiers=[Tier(Duration(300), Duration(2 * 86400)),
                                                          Tier(Duration(3600), Duration(730 * 86400))])
-    engine = db.make_engine(pg_dsn)
-    apply_migrations(engine)
-    mirror_policy(engine, policy)
     old = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(days=6)
+    # five days: partitions retention expires
+    engine = stored_archive(pg_dsn, policy, synthetic(old, 5 * 24, interval_s=600))
     store = Store(engine)
-    for b in batches(synthetic(old, 5 * 24, interval_s=600)):  # five days: partitions retention expires
-        store.write(b)
     run_rollups(engine, policy)
     latencies: list[float] = []
     stop = threading.Event()

@@ -12,15 +12,22 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
-from support.archive import SyntheticSeries, at, batches, close, floor_ms, login_as, ms, step_stats, synthetic
+from support.archive import (
+    SyntheticSeries,
+    at,
+    close,
+    floor_ms,
+    login_as,
+    ms,
+    step_stats,
+    stored_archive,
+    synthetic,
+)
 from support.postgres import PostgresServer
 
-from perfwatch.archiver import db
-from perfwatch.archiver.migrate import apply_migrations
-from perfwatch.archiver.policy import Policy, Tier, mirror_policy
+from perfwatch.archiver.policy import Policy, Tier
 from perfwatch.archiver.retention import run_retention
 from perfwatch.archiver.rollup import run_rollups
-from perfwatch.archiver.store import Store
 from perfwatch.common.config import Duration
 
 START = dt.datetime(2024, 3, 9, 21, 13, 7, 123000, tzinfo=dt.UTC)
@@ -61,13 +68,8 @@ class Archive:
 @pytest.fixture(scope="module")
 def archive(postgres_server: PostgresServer) -> Iterator[Archive]:
     with postgres_server.fresh_database() as dsn:
-        engine = db.make_engine(dsn)
-        apply_migrations(engine)
-        mirror_policy(engine, POLICY)
         data = synthetic(START, HOURS, seed=3)
-        store = Store(engine)
-        for batch in batches(data):
-            store.write(batch)
+        engine = stored_archive(dsn, POLICY, data)
         run_rollups(engine, POLICY, NOW)
         dropped = run_retention(engine, POLICY, NOW).dropped
         assert dropped == ["sample_20240309", "sample_20240310"]

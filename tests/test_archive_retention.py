@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from support.archive import batches, ms, synthetic
+from support.archive import ms, stored_archive, synthetic
 from support.postgres import scalar
 
 from perfwatch.archiver import db
@@ -46,12 +46,8 @@ def tables(engine: sa.Engine) -> set[str]:
 
 @pytest.fixture
 def engine(pg_dsn: str) -> Iterator[sa.Engine]:
-    engine = db.make_engine(pg_dsn)
-    apply_migrations(engine)
-    mirror_policy(engine, POLICY)
-    store = Store(engine)
-    for b in batches(synthetic(START, (END - START).total_seconds() / 3600, interval_s=120), per_batch_ms=6 * 3600_000):
-        store.write(b)
+    engine = stored_archive(pg_dsn, POLICY, synthetic(START, (END - START).total_seconds() / 3600, interval_s=120),
+                            per_batch_ms=6 * 3600_000)
     yield engine
     engine.dispose()
 
@@ -174,12 +170,9 @@ def test_a_tier_keeps_a_partition_whose_late_samples_it_has_not_passed_on(pg_dsn
     Dropping it then would leave the sample out of the 1h tier for good."""
     policy = Policy(raw_retention=Duration(2 * DAY), tiers=[Tier(Duration(300), Duration(2 * DAY)),
                                                             Tier(Duration(3600), Duration(30 * DAY))])
-    engine = db.make_engine(pg_dsn)
-    apply_migrations(engine)
-    mirror_policy(engine, policy)
+    engine = stored_archive(pg_dsn, policy, synthetic(START, (END - START).total_seconds() / 3600, interval_s=600),
+                            per_batch_ms=DAY * 1000)
     store = Store(engine)
-    for b in batches(synthetic(START, (END - START).total_seconds() / 3600, interval_s=600), per_batch_ms=DAY * 1000):
-        store.write(b)
     now = utc(2024, 6, 7, 0, 5)
     run_rollups(engine, policy, now)
     late = utc(2024, 6, 4, 13, 0, 1)  # raw still holds 06-04; both tiers rolled past it

@@ -26,6 +26,7 @@ from support.archive import (
     floor_ms,
     increase,
     ms,
+    stored_archive,
     synthetic,
 )
 from support.postgres import PostgresServer
@@ -33,7 +34,7 @@ from support.postgres import PostgresServer
 from perfwatch.archiver import db
 from perfwatch.archiver.migrate import apply_migrations
 from perfwatch.archiver.model import Batch, MetricMeta, Sample
-from perfwatch.archiver.policy import Policy, mirror_policy
+from perfwatch.archiver.policy import Policy
 from perfwatch.archiver.rollup import TierRun, run_rollups
 from perfwatch.archiver.status import tier_status
 from perfwatch.archiver.store import Store
@@ -107,13 +108,8 @@ def boundary_increase(rows: list[Stats]) -> float:
 def rolled(postgres_server: PostgresServer) -> Iterator[Rolled]:
     """One database with HOURS of synthetic data stored and rolled up (shared by the read-only tests)."""
     with postgres_server.fresh_database() as dsn:
-        engine = db.make_engine(dsn)
-        apply_migrations(engine)
-        mirror_policy(engine, POLICY)
         data = synthetic(START, HOURS)
-        store = Store(engine)
-        for batch in batches(data):
-            store.write(batch)
+        engine = stored_archive(dsn, POLICY, data)
         runs = run_rollups(engine, POLICY, NOW)
         yield engine, data, runs
         engine.dispose()

@@ -22,10 +22,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
+import sqlalchemy as sa
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from perfwatch.archiver import db
+from perfwatch.archiver.migrate import apply_migrations
 from perfwatch.archiver.model import Batch, MetricMeta, Sample, SampleKind
+from perfwatch.archiver.policy import Policy, mirror_policy
+from perfwatch.archiver.store import Store
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 Point = tuple[int, float]  # (ms since the epoch, value)
@@ -218,3 +223,16 @@ def login_as(role: str, superuser_dsn: str) -> Iterator[str]:
     finally:
         with psycopg.connect(superuser_dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(role)))
+
+
+def stored_archive(dsn: str, policy: Policy, data: Sequence[SyntheticSeries] = (), *,
+                   per_batch_ms: int = 3600_000) -> sa.Engine:
+    """An archive at `dsn`: migrated, `policy` mirrored, `data` written through Store in batches of
+    `per_batch_ms` (not rolled up). The caller disposes of the engine."""
+    engine = db.make_engine(dsn)
+    apply_migrations(engine)
+    mirror_policy(engine, policy)
+    store = Store(engine)
+    for batch in batches(data, per_batch_ms=per_batch_ms):
+        store.write(batch)
+    return engine
