@@ -24,7 +24,8 @@ from support.pki import PKI
 from support.prometheus import promtool
 from support.waiting import wait_until
 
-from perfwatch.common.httpserver import HTTPMetrics, LogLimiter, Response, WebServer
+from perfwatch.common.httpmetrics import HTTPMetrics, LogLimiter
+from perfwatch.common.httpserver import Response, WebServer
 
 NO_PERF = {"collectors": {"perf": {"enabled": False}}}  # its fds would count against the small limits
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from perfwatch import __version__
 from perfwatch.archiver.settings import DEFAULT_PORT, ArchiverSettings, load_settings
 from perfwatch.common.config import ConfigError, parse_listen
-from perfwatch.common.httpserver import HTTPMetrics, Request, Response, WebServer, metrics_handler, service_routes
+from perfwatch.common.httpmetrics import HTTPMetrics
+from perfwatch.common.httpserver import Request, Response, WebServer, metrics_handler, service_routes
 from perfwatch.common.lifecycle import add_web_arguments, serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import WebConfig, load_web_config

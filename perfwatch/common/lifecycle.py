@@ -24,10 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 from perfwatch.common.config import ConfigError
+from perfwatch.common.httpmetrics import HTTPMetrics
 from perfwatch.common.httpserver import (
     MAX_CONNECTIONS,
     Handler,
-    HTTPMetrics,
     Request,
     Response,
     WebServer,

@@ -10,7 +10,8 @@ from typing import Any
 
 from perfwatch import __version__
 from perfwatch.common.config import ConfigError, parse_listen
-from perfwatch.common.httpserver import HTTPMetrics, WebServer, metrics_handler, service_routes
+from perfwatch.common.httpmetrics import HTTPMetrics
+from perfwatch.common.httpserver import WebServer, metrics_handler, service_routes
 from perfwatch.common.lifecycle import add_web_arguments, serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import load_web_config
