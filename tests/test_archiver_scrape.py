@@ -20,6 +20,7 @@ from perfwatch.archiver.scrape import (
     ScrapeError,
     Target,
     TargetScraper,
+    _body_lines,
     default_instance,
     parse_exposition,
     relabel,
@@ -197,3 +198,24 @@ def test_targets_are_spread_over_the_interval_each_at_its_own_offset() -> None:
     later = now + dt.timedelta(seconds=3)
     assert [round(first_scrape(t, later).timestamp() % 10, 6) for t in targets] == [
         round(f.timestamp() % 10, 6) for f in firsts]  # the phase stays
+
+
+class _Chunks:
+    """A response body that arrives in the chunks given (what urllib3's stream yields)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def stream(self, _amount: int, decode_content: bool) -> list[bytes]:
+        return self.chunks
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 7, 64])
+def test_the_body_is_cut_into_lines_whatever_its_chunks(cut: int) -> None:
+    """Lines across chunk boundaries, a line longer than many chunks, a character split between
+    chunks, no newline at the end: the lines come out as they are in the body."""
+    body = 'a{x="é☃"} 1\nlong' + "x" * 500 + ' 2\n\n# TYPE b gauge\nb 3'
+    data = body.encode()
+    chunks = [data[i:i + cut] for i in range(0, len(data), cut)]
+    target = Target(url="http://h:1/metrics", job="j", instance="h:1")
+    assert list(_body_lines(_Chunks(chunks), target, threading.Event())) == body.splitlines(keepends=True)

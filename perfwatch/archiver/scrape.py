@@ -166,17 +166,23 @@ def _body_lines(raw: Any, target: Target, timed_out: threading.Event) -> Iterato
     limit = target.limits.body_size_limit
     decoder = codecs.getincrementaldecoder("utf-8")()
     size = 0
-    pending = ""
+    # The start of a line that has not ended yet, in pieces: each chunk is scanned once, however
+    # long the line a target sends (joining and re-splitting it at every chunk would be quadratic).
+    pending: list[str] = []
     try:
         for chunk in raw.stream(_READ_CHUNK, decode_content=True):
             size += len(chunk)
             if limit and size > limit:
                 raise ScrapeError(BODY_SIZE_LIMIT, f"body larger than body_size_limit ({limit} bytes); abandoned")
-            pending += decoder.decode(chunk)
-            *complete, pending = pending.split("\n")
-            for line in complete:
-                yield line + "\n"
-        pending += decoder.decode(b"", final=True)
+            *complete, rest = decoder.decode(chunk).split("\n")
+            if complete:
+                complete[0] = "".join(pending) + complete[0]
+                pending = []
+                for line in complete:
+                    yield line + "\n"
+            if rest:
+                pending.append(rest)
+        pending.append(decoder.decode(b"", final=True))
     except UnicodeDecodeError as err:
         raise ScrapeError(MALFORMED, f"body is not UTF-8: {err}") from None
     except ScrapeError:
@@ -185,8 +191,8 @@ def _body_lines(raw: Any, target: Target, timed_out: threading.Event) -> Iterato
         if timed_out.is_set():
             raise ScrapeError(TIMEOUT, f"body not complete after {target.timeout:g}s") from None
         raise ScrapeError(UNREACHABLE, f"reading the body failed: {type(err).__name__}: {err}"[:300]) from None
-    if pending:
-        yield pending
+    if tail := "".join(pending):
+        yield tail
 
 
 def _cut_off(raw: Any, timed_out: threading.Event) -> None:
