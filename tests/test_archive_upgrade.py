@@ -23,6 +23,7 @@ from support.archive import batches, close, ms, step_stats, synthetic
 from support.postgres import PostgresServer
 
 from perfwatch.archiver import db
+from perfwatch.archiver.compact import run_compaction
 from perfwatch.archiver.embedded import bin_dir
 from perfwatch.archiver.migrate import apply_migrations, discover, function_files
 from perfwatch.archiver.policy import Policy, Tier, mirror_policy
@@ -104,6 +105,14 @@ def test_an_archive_made_by_0_1_reads_the_same_after_the_upgrade(legacy_archive:
     assert before.keys() == after.keys()
     changed = [key for key in before if not same(before[key], after[key])]
     assert changed == []
+    # Storage v2: the compaction packs what 0.1 stored a row per sample; the answers stay.
+    packed = run_compaction(engine, POLICY, NOW)
+    assert packed.chunks > 0 and packed.dropped
+    with psycopg.connect(legacy_archive) as conn:
+        assert conn.execute("SELECT count(*) FROM perfwatch.sample WHERE ts < date_trunc('day', %s::timestamptz)",
+                            (packed.watermark_after,)).fetchone() == (0,)
+    after_packing = read_everything(legacy_archive)
+    assert [key for key in before if not same(before[key], after_packing[key])] == []
     # ... and both are right: what the raw samples say (raw's dropped days come from the tiers).
     rows = after[f"series synthetic_bytes_total {dict(DATA[2].labels)} 1 hour"]
     expected = step_stats(DATA[2].points, ms(T_FROM), ms(T_TO), 3600_000)

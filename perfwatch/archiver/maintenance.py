@@ -1,5 +1,5 @@
-"""The archiver's maintenance jobs (the rollup and retention steps of scrape → spool → store →
-rollup → retention), one pass at a time, with their outcome in the archiver's own metrics."""
+"""The archiver's maintenance jobs (the compact, rollup and retention steps of scrape → spool →
+store → compact → rollup → retention), one pass at a time, with their outcome in the archiver's own metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
+from perfwatch.archiver.compact import run_compaction
 from perfwatch.archiver.database import Database
 from perfwatch.archiver.db import DatabaseUnavailable
 from perfwatch.archiver.policy import RAW, Policy
@@ -37,6 +38,8 @@ class Maintenance:
             metrics.retention_runs.labels(result)
 
     def rollup_pass(self) -> bool:
+        """Compaction, then the rollups (their source is what the compaction packed, or the head)."""
+        self._pass("compaction", run_compaction)
         runs = self._pass("rollup", run_rollups)
         if runs is None:
             for tier in self.policy.tiers:

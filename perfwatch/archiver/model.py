@@ -12,9 +12,10 @@ import json
 import math
 from typing import Any, Literal
 
-# How a sample is stored: counters (`_total`, and histogram/summary `_bucket`/`_sum`/`_count`)
-# are rolled up with reset-corrected increases; everything else as a gauge.
-SampleKind = Literal["counter", "gauge"]
+# How a sample is rolled up: counters (`_total`, and histogram/summary `_bucket`/`_sum`/`_count`)
+# and untyped samples (no TYPE, as PromQL's rate() treats them) get reset-corrected increases;
+# gauges (and info, stateset) do not.
+SampleKind = Literal["counter", "gauge", "untyped"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

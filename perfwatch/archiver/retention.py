@@ -69,7 +69,7 @@ def run_retention(engine: sa.Engine, policy: Policy, now: dt.datetime | None = N
             log.warning("tier %s: %d expired partitions kept (oldest %s, ending %s) until the next tier has rolled "
                         "them up", name, len(waiting), waiting[0].partition, waiting[0].hi)
     with db.unavailable_as("dropping expired partitions"):
-        _drop_queued(engine, run)
+        drop_queued(engine, run)
     run.seconds = time.monotonic() - started
     return run
 
@@ -88,7 +88,7 @@ def _expire(engine: sa.Engine, name: str, now: dt.datetime, level_started: float
         return outcome
 
 
-def _drop_queued(engine: sa.Engine, run: RetentionRun) -> None:
+def drop_queued(engine: sa.Engine, run: RetentionRun) -> None:
     """Detach and drop every queued partition (expired by this pass or an earlier one)."""
     with engine.connect() as conn:
         try:
@@ -109,7 +109,7 @@ def _drop_queued(engine: sa.Engine, run: RetentionRun) -> None:
                     break
                 conn.execute(sa.select(db.fn("partition_dropped", row.table_name)))
                 run.dropped.append(row.table_name)
-                log.info("retention dropped partition %s of %s", row.table_name, row.parent)
+                log.info("dropped partition %s of %s", row.table_name, row.parent)
         finally:
             conn.invalidate()
 

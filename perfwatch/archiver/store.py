@@ -24,7 +24,8 @@ What is not stored, counted in `Store.dropped` by reason and logged once per tar
 * `refused`: anything else PostgreSQL refused to store (a value out of range, say).
 
 Samples older than the first tier's watermark (a replayed spool) are stored and their range
-noted for the rollup to redo (perfwatch.rollup_dirty).
+noted for the rollup to redo (perfwatch.rollup_dirty). Samples for a window the compaction has
+packed already go to perfwatch.sample_late, which the compaction merges into the chunks.
 """
 
 from __future__ import annotations
@@ -183,9 +184,16 @@ class Store:
                     rows = self._resolve(conn, batch, samples, drops, new_metrics, new_series, refreshed)
                     if not rows:
                         return 0
-                    new_partitions = self._ensure_partitions(conn, rows)
                     lo_ms, hi_ms = min(r[1] for r in rows), max(r[1] for r in rows)
-                    inserted = self._copy(conn, rows, staged=staged)
+                    packed_ms = _to_ms(guard.packed_before)
+                    inserted = 0
+                    if packed_ms is not None and lo_ms < packed_ms:
+                        late = [r for r in rows if r[1] < packed_ms]
+                        rows = [r for r in rows if r[1] >= packed_ms]
+                        inserted += self._copy_late(conn, late, guard.packed_width)
+                    if rows:
+                        new_partitions = self._ensure_partitions(conn, rows)
+                        inserted += self._copy(conn, rows, staged=staged)
                     first_watermark_ms = _to_ms(guard.first_watermark)
                     if inserted and first_watermark_ms is not None and lo_ms < first_watermark_ms:
                         conn.execute(sa.select(db.fn("note_late", guard.first_tier, _ts(lo_ms), _ts(hi_ms))))
@@ -297,26 +305,39 @@ class Store:
         return needed
 
     def _copy(self, conn: sa.Connection, rows: list[tuple[int, int, float]], *, staged: bool) -> int:
-        # Binary COPY: psycopg's C code packs the rows, the server parses no text, and a double
-        # travels as its 8 bytes (exact, infinities included).
-        stamps = {ms: EPOCH + dt.timedelta(milliseconds=ms) for ms in {r[1] for r in rows}}  # a scrape shares a few
         cur = db.psycopg_connection(conn).cursor()
         if staged:
             cur.execute(db.sql_text("store_stage_create"))
-        with cur.copy(db.sql_text("store_stage_copy" if staged else "store_copy_sample")) as copy:
-            copy.set_types(COPY_TYPES)
-            for series_id, ms, value in rows:
-                copy.write_row((series_id, stamps[ms], value))
+        _copy_rows(cur, db.sql_text("store_stage_copy" if staged else "store_copy_sample"), rows)
         if not staged:
             return len(rows)
         cur.execute(db.sql_text("store_stage_merge"))
         return cur.rowcount
 
+    def _copy_late(self, conn: sa.Connection, rows: list[tuple[int, int, float]], packed_width: dt.timedelta) -> int:
+        """Rows for windows already packed (sql/functions/compact.sql): through the staging table
+        into sample_late, skipping those a chunk holds already."""
+        cur = db.psycopg_connection(conn).cursor()
+        cur.execute(db.sql_text("store_stage_create"))
+        _copy_rows(cur, db.sql_text("store_stage_copy"), rows)
+        cur.execute(db.sql_text("store_stage_merge_late"), (packed_width,))
+        return cur.rowcount
+
+
+def _copy_rows(cur: psycopg.Cursor[Any], statement: str, rows: list[tuple[int, int, float]]) -> None:
+    # Binary COPY: psycopg's C code packs the rows, the server parses no text, and a double
+    # travels as its 8 bytes (exact, infinities included).
+    stamps = {ms: EPOCH + dt.timedelta(milliseconds=ms) for ms in {r[1] for r in rows}}  # a scrape shares a few
+    with cur.copy(statement) as copy:
+        copy.set_types(COPY_TYPES)
+        for series_id, ms, value in rows:
+            copy.write_row((series_id, stamps[ms], value))
+
 
 def _guess_meta(name: str) -> MetricMeta:
     # A sample without metadata (should not happen with archiver.scrape): decide by name, as Prometheus does.
     counter = name.endswith(("_total", "_bucket", "_count", "_sum"))
-    return MetricMeta(name, "counter" if counter else "gauge", "unknown")
+    return MetricMeta(name, "counter" if counter else "untyped", "unknown")
 
 
 def _storable(key: SeriesKey) -> bool:

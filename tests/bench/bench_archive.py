@@ -7,9 +7,12 @@
   a same-shaped table (same columns, primary key and BRIN index, not partitioned), one transaction
   per batch for both, alternating batch by batch. Also a replay of the stored batches (every row
   already there: the fast path fails on the key, the batch goes again through the staging table).
-* storage: one day of `--series` series scraped every 15 s, rolled up; bytes on disk per row and
-  per raw sample for raw and each tier (pg_total_relation_size: heap, indexes, TOAST).
-* rollup: the time run_rollups takes for that day (raw → 5m → 1h), from a clean start.
+* storage: one day of `--series` host-like series scraped every 15 s (counters with two decimals,
+  byte and operation counters, page-sized gauges, constants), compacted and rolled up; bytes per
+  raw sample all-in (database growth / samples: catalog, indexes, TOAST) before and after
+  compaction, per level, and Prometheus' TSDB on the same samples (promtool backfills them into
+  one block; its size on disk).
+* compaction and rollup: the time run_compaction and run_rollups (raw → 5m → 1h) take for that day.
 * read: perfwatch.series() over a year of 1-hour data (`--read-series` series sampled every
   minute, rolled up) against the same answer computed from raw samples (the same function with
   a policy of raw only), median of `--repeat` runs; the two answers are checked equal.
@@ -42,6 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from perfwatch.archiver import db  # noqa: E402
+from perfwatch.archiver.compact import run_compaction  # noqa: E402
 from perfwatch.archiver.embedded import EmbeddedPostgres  # noqa: E402
 from perfwatch.archiver.migrate import apply_migrations  # noqa: E402
 from perfwatch.archiver.model import Batch, MetricMeta, Sample  # noqa: E402
@@ -170,68 +174,194 @@ def bench_ingest(server: Server, args: argparse.Namespace) -> None:
         engine.dispose()
 
 
-# -- storage and rollup -----------------------------------------------------------------------------
+# -- storage, compaction and rollup -----------------------------------------------------------------
+
+HOST_KINDS = ("cpu_seconds", "bytes", "ops", "memory", "filesystem", "constant")
+
+
+def host_series(i: int) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """Series i of a host-like mix (name, kind, labels): 30 % CPU-seconds counters (two decimals),
+    20 % byte counters, 15 % operation counters, 15 % memory gauges (pages), 10 % filesystem
+    gauges (change now and then), 10 % constants (sizes, limits, info)."""
+    kind = HOST_KINDS[next(k for k, bound in enumerate((30, 50, 65, 80, 90, 100)) if i % 100 < bound)]
+    name = {"cpu_seconds": "bench_cpu_seconds_total", "bytes": "bench_network_bytes_total",
+            "ops": "bench_disk_ops_total", "memory": "bench_memory_bytes", "filesystem": "bench_filesystem_free_bytes",
+            "constant": "bench_limit_bytes"}[kind]
+    return name, kind, (("instance", "host-a:10280"), ("job", "node"), ("series", str(i)))
+
+
+def host_values(series: int, scrapes: int, seed: int = 5) -> Iterator[list[float]]:
+    """Each scrape's values of `series` host-like series (see host_series)."""
+    import random
+    rng = random.Random(seed)
+    kinds = [host_series(i)[1] for i in range(series)]
+    busy = [rng.random() for _ in range(series)]
+    values = [float(rng.randint(1, 1 << 20) * (4096 if k in ("memory", "filesystem", "constant") else 1))
+              for k in kinds]
+    for _ in range(scrapes):
+        for i, k in enumerate(kinds):
+            if k == "cpu_seconds":
+                values[i] = round(values[i] + round(15 * busy[i] * rng.random(), 2), 2)
+            elif k == "bytes":
+                values[i] += rng.randint(0, 200_000) if rng.random() < busy[i] else 0
+            elif k == "ops":
+                values[i] += rng.randint(0, 20) if rng.random() < busy[i] else 0
+            elif k == "memory":
+                values[i] = max(4096.0, values[i] + 4096 * rng.randint(-8, 8))
+            elif k == "filesystem" and rng.random() < 0.1:
+                values[i] = max(4096.0, values[i] - 4096 * rng.randint(0, 64))
+        yield list(values)
+
+
+def host_timestamps(scrapes: int, interval_ms: int, start_ms: int, seed: int = 6) -> list[int]:
+    """Scrape times as the archiver records them: on the interval, a few ms late."""
+    import random
+    rng = random.Random(seed)
+    return [start_ms + n * interval_ms + rng.randint(0, 4) for n in range(scrapes)]
+
 
 def load_day(engine: sa.Engine, series: int, interval_s: int, days: float, start: dt.datetime) -> int:
-    """`days` of `series` series every `interval_s`, written through Store in batches of 10 minutes
-    or 20,000 samples, whichever is more."""
+    """`days` of `series` host-like series every `interval_s`, written through Store one scrape per
+    batch, as the archiver writes them."""
     store = Store(engine)
-    per_batch = max(1, 600 // interval_s, 20_000 // series)
     scrapes = int(days * 86400 // interval_s)
+    names = [host_series(i) for i in range(series)]
+    meta = {name: MetricMeta(name, "gauge" if kind in ("memory", "filesystem", "constant") else "counter",
+                             "gauge" if kind in ("memory", "filesystem", "constant") else "counter", name)
+            for name, kind, _ in names}
     total = 0
-    for first in range(0, scrapes, per_batch):
-        samples: list[Sample] = []
-        meta: dict[str, MetricMeta] = {}
-        for n in range(first, min(first + per_batch, scrapes)):
-            b = scrape(n, series, interval_s * 1000, ms(start))
-            samples += b.samples
-            meta.update(b.metadata)
-        total += store.write(Batch("perfwatch", "host-a:10280", samples[-1].timestamp_ms, samples, meta))
+    stamps = host_timestamps(scrapes, interval_s * 1000, ms(start))
+    for ts, values in zip(stamps, host_values(series, scrapes), strict=True):
+        samples = [Sample(name, labels, v, ts) for (name, _, labels), v in zip(names, values, strict=True)]
+        total += store.write(Batch("node", "host-a:10280", ts, samples, meta))
     return total
 
 
+def write_openmetrics(path: Path, series: int, interval_s: int, days: float, start: dt.datetime) -> int:
+    """The same samples as load_day, as the OpenMetrics text promtool backfills (series by series)."""
+    scrapes = int(days * 86400 // interval_s)
+    columns = list(zip(*host_values(series, scrapes), strict=True))
+    stamps = host_timestamps(scrapes, interval_s * 1000, ms(start))
+    names = [host_series(i) for i in range(series)]
+    typed: dict[str, list[int]] = {}
+    for i, (name, _, _) in enumerate(names):
+        typed.setdefault(name, []).append(i)
+    with path.open("w") as f:
+        for name, members in typed.items():
+            family = name.removesuffix("_total")
+            f.write(f"# TYPE {family} {'counter' if name.endswith('_total') else 'gauge'}\n")
+            for i in members:
+                labels = ",".join(f'{k}="{v}"' for k, v in names[i][2])
+                for ts, v in zip(stamps, columns[i], strict=True):
+                    f.write(f"{name}{{{labels}}} {v!r} {ts / 1000:.3f}\n")
+        f.write("# EOF\n")
+    return scrapes * series
+
+
+def tsdb_bytes(series: int, days: float, start: dt.datetime, workdir: Path) -> tuple[int, int, float]:
+    """Prometheus' TSDB on the same samples: promtool backfills them into blocks (one block per
+    `days`), measured on disk: (chunk bytes, all bytes, seconds). 0s when promtool is missing."""
+    import shutil
+    import subprocess
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return 0, 0, 0.0
+    source, blocks = workdir / "samples.om", workdir / "blocks"
+    write_openmetrics(source, series, 15, days, start)
+    t0 = time.perf_counter()
+    subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", "--quiet",
+                    f"--max-block-duration={int(days * 24)}h", str(source), str(blocks)], check=True,
+                   capture_output=True, timeout=1800)
+    seconds = time.perf_counter() - t0
+    source.unlink()
+    chunks = sum(p.stat().st_size for p in blocks.rglob("*") if p.is_file() and p.parent.name == "chunks")
+    total = sum(p.stat().st_size for p in blocks.rglob("*") if p.is_file())
+    return chunks, total, seconds
+
+
 def sizes(engine: sa.Engine) -> dict[str, tuple[int, int, int]]:
-    """Level → (rows, bytes, raw samples represented)."""
+    """Level → (rows, bytes, raw samples represented); raw's rows are head rows, late rows and chunks."""
     out = {}
     with engine.connect() as conn:
         for level, tier, table_name in conn.execute(sa.text(
                 "SELECT p.level, t.name, t.table_name FROM perfwatch.archive_policy p "
                 "JOIN perfwatch.tier t ON t.name = p.tier ORDER BY p.level")):
-            count_expr = "count(*)" if level == 0 else "sum(count)"
-            rows, represented = conn.execute(sa.text(
-                f"SELECT count(*), {count_expr} FROM perfwatch.{table_name}")).one()
+            if level == 0:
+                rows, represented = conn.execute(sa.text(
+                    "SELECT (SELECT count(*) FROM perfwatch.sample) + (SELECT count(*) FROM perfwatch.sample_late) "
+                    "+ (SELECT count(*) FROM perfwatch.sample_chunk), (SELECT count(*) FROM perfwatch.sample) "
+                    "+ (SELECT count(*) FROM perfwatch.sample_late) "
+                    "+ (SELECT coalesce(sum(samples), 0) FROM perfwatch.sample_chunk)")).one()
+            else:
+                rows, represented = conn.execute(sa.text(
+                    f"SELECT count(*), sum(count) FROM perfwatch.{table_name}")).one()
             size = conn.execute(sa.text(
-                "SELECT sum(pg_total_relation_size(format('perfwatch.%I', table_name)::regclass)) "
-                "FROM perfwatch.partition WHERE tier = :t"), {"t": tier}).scalar()
-            assert size is not None, f"no partitions for tier {tier}"
+                "SELECT coalesce(sum(pg_total_relation_size(format('perfwatch.%I', table_name)::regclass)), 0) "
+                "FROM perfwatch.level_partitions(:t)"), {"t": tier}).scalar_one()
+            if level == 0:
+                size += conn.execute(sa.text("SELECT pg_total_relation_size('perfwatch.sample_late')")).scalar_one()
             out[tier] = (rows, int(size), int(represented or 0))
     return out
+
+
+def database_bytes(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        assert row is not None
+        return int(row[0])
 
 
 def bench_storage_and_rollup(server: Server, args: argparse.Namespace) -> None:
     with server.database() as dsn:
         engine = archive(dsn)
+        empty = database_bytes(dsn)
         t0 = time.perf_counter()
         stored = load_day(engine, args.series, 15, 1, START)
         load_s = time.perf_counter() - t0
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")  # settle hint bits and the visibility map, as in steady state
+        unpacked = database_bytes(dsn) - empty
         now = START + dt.timedelta(days=1, minutes=2)
+        t0 = time.perf_counter()
+        compaction = run_compaction(engine, Policy(), now)
+        compact_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         runs = run_rollups(engine, Policy(), now)
         rollup_s = time.perf_counter() - t0
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
+        packed = database_bytes(dsn) - empty
         sz = sizes(engine)
-        print(f"\nstorage: one day of {args.series} series every 15 s ({stored:,} samples; written in {load_s:.1f} s)")
-        rows = [("level", "rows", "bytes", "bytes/row", "bytes/raw sample")]
+        with tempfile.TemporaryDirectory(prefix="perfwatch-bench-tsdb-") as tmp:
+            tsdb_chunks, tsdb_all, tsdb_s = tsdb_bytes(args.series, 1, START, Path(tmp))
+        print(f"\nstorage: one day of {args.series} host-like series every 15 s ({stored:,} samples; written in "
+              f"{load_s:.1f} s, {stored / load_s:,.0f} samples/s through Store)")
+        rows: list[tuple[str, ...]] = [("level", "rows", "bytes", "bytes/row", "bytes/raw sample")]
         for tier, (n, size, represented) in sz.items():
             rows.append((tier, f"{n:,}", f"{size:,}", f"{size / n:.1f}", f"{size / represented:.2f}"))
         print(table(rows))
-        print(f"\nrollup of that day: {rollup_s:.1f} s "
+        rows = [("all-in, database growth / samples", "bytes/sample")]
+        rows.append(("before compaction (a row per sample), with the tiers' tables still empty",
+                     f"{unpacked / stored:.2f}"))
+        rows.append(("after compaction and rollup (raw packed + 5m + 1h + catalog)", f"{packed / stored:.2f}"))
+        raw_bytes = sz["raw"][1]
+        rows.append(("raw alone after compaction (chunks, late rows, what is left of the head)",
+                     f"{raw_bytes / stored:.2f}"))
+        if tsdb_all:
+            rows.append((f"Prometheus TSDB, promtool backfill into one block ({tsdb_s:.0f} s): chunks",
+                         f"{tsdb_chunks / stored:.2f}"))
+            rows.append(("Prometheus TSDB: the whole block (chunks, index, meta)", f"{tsdb_all / stored:.2f}"))
+        print()
+        print(table(rows))
+        if tsdb_all:
+            print(f"ratio raw after compaction / TSDB block: {raw_bytes / tsdb_all:.2f}")
+        print(f"\ncompaction of that day: {compact_s:.1f} s ({compaction.chunks:,} chunks, "
+              f"{stored / compact_s:,.0f} samples/s)")
+        print(f"rollup of that day: {rollup_s:.1f} s "
               f"(5m: {runs[0].seconds:.1f} s, {runs[0].buckets_written:,} buckets in {runs[0].chunks} chunks; "
               f"1h: {runs[1].seconds:.1f} s, {runs[1].buckets_written:,} buckets), "
-              f"{stored / rollup_s:,.0f} raw samples/s; writing the day took {load_s / rollup_s:.1f}x as long")
+              f"{stored / rollup_s:,.0f} raw samples/s")
         engine.dispose()
 
 

@@ -4,8 +4,9 @@
 --   perfwatch.lock_rollup     EXCLUSIVE: rollup and retention, one at a time, so watermarks, dirty
 --                             ranges and drops agree
 --   perfwatch.lock_raw_write  SHARE for every store write (writes do not wait for each other),
---                             EXCLUSIVE for the first tier's rollup and raw retention, so a sample is
---                             either seen by a rollup or known to be late
+--                             EXCLUSIVE for the first tier's rollup, the compaction and raw
+--                             retention, so a sample is either seen by a rollup (or packed) or known
+--                             to be late
 --   perfwatch.lock_partition  EXCLUSIVE: partition and tier creation
 --
 -- Taken in that order (rollup, raw write, partition) by whoever takes more than one. SHARE
@@ -16,11 +17,13 @@
 -- have. begin_write and begin_rollup run as their caller, whom EXECUTE restricts to the writer
 -- (0001 revokes it from PUBLIC) and superusers.
 
--- Taken by every store write, before it reads where the first tier's rollup is. Returns the time
--- before which samples are refused (retention dropped that period; storing it again would leave
--- raw and the first tier disagreeing), the first tier and its watermark.
+-- Taken by every store write, before it reads where the first tier's rollup and the compaction
+-- are. Returns the time before which samples are refused (retention dropped that period; storing
+-- it again would leave raw and the first tier disagreeing), the first tier and its watermark, and
+-- the packed watermark with the window of a chunk (samples before it go to sample_late).
 CREATE OR REPLACE FUNCTION perfwatch.begin_write(OUT refuse_before timestamptz, OUT first_tier text,
-                                                 OUT first_watermark timestamptz)
+                                                 OUT first_watermark timestamptz, OUT packed_before timestamptz,
+                                                 OUT packed_width interval)
     LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
 DECLARE
     raw_horizon timestamptz;
@@ -31,6 +34,7 @@ BEGIN
     SELECT t.name, t.watermark, t.resolution INTO first_tier, first_watermark, resolution
         FROM perfwatch.archive_policy p JOIN perfwatch.tier t ON t.name = p.tier WHERE p.level = 1;
     refuse_before := perfwatch.bucket_ceil(coalesce(resolution, '1 second'), raw_horizon);  -- NULL: refuse nothing
+    SELECT t.watermark, t.resolution INTO packed_before, packed_width FROM perfwatch.tier t WHERE t.name = 'packed';
 END
 $$;
 

@@ -9,7 +9,9 @@ DECLARE
     t perfwatch.tier;
     p_lo timestamptz;
     p_name text;
-    time_column text := CASE WHEN p_tier = 'raw' THEN 'ts' ELSE 'bucket' END;
+    time_column text := CASE p_tier WHEN 'raw' THEN 'ts' WHEN 'packed' THEN 'start' ELSE 'bucket' END;
+    -- chunks: TOAST compresses a row only once it is longer than this (the default is ~2 kB)
+    storage text := CASE WHEN p_tier = 'packed' THEN ' WITH (toast_tuple_target = 128)' ELSE '' END;
 BEGIN
     SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
     IF NOT FOUND THEN
@@ -36,9 +38,10 @@ BEGIN
     -- transaction that read it), and every writer queues behind it. ATTACH PARTITION takes SHARE
     -- UPDATE EXCLUSIVE, which conflicts with neither; it builds the level's indexes on the new,
     -- empty table. The CHECK constraint spares it the scan for rows outside the range.
-    EXECUTE format('CREATE TABLE perfwatch.%I (LIKE perfwatch.%I INCLUDING DEFAULTS, '
-                   'CONSTRAINT %I CHECK (%I >= %L AND %I < %L))',
-                   p_name, t.table_name, p_name || '_range', time_column, p_lo, time_column, p_lo + t.partition_width);
+    EXECUTE format('CREATE TABLE perfwatch.%I (LIKE perfwatch.%I INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING COMPRESSION, '
+                   'CONSTRAINT %I CHECK (%I >= %L AND %I < %L))%s',
+                   p_name, t.table_name, p_name || '_range', time_column, p_lo, time_column, p_lo + t.partition_width,
+                   storage);
     EXECUTE format('ALTER TABLE perfwatch.%I ATTACH PARTITION perfwatch.%I FOR VALUES FROM (%L) TO (%L)',
                    t.table_name, p_name, p_lo, p_lo + t.partition_width);
     INSERT INTO perfwatch.partition (tier, lo, hi, table_name) VALUES (p_tier, p_lo, p_lo + t.partition_width, p_name);

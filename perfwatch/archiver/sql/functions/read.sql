@@ -9,7 +9,8 @@
 -- Semantics (the tests compute the same from raw samples):
 -- * Output buckets are [t, t + step) with t a multiple of step from the epoch, covering
 --   [t_from, t_to) (both ends widened to whole steps).
--- * increase of a counter over a bucket = the sum, over consecutive samples a, b of the series with b
+-- * increase of a counter (or an untyped series: counter maths as PromQL's rate() applies them;
+--   only a gauge has none) over a bucket = the sum, over consecutive samples a, b of the series with b
 --   in the bucket and a inside the queried range, of b - a, or b where b < a (a reset). No
 --   extrapolation, unlike PromQL's increase(); summing the buckets gives the increase over the range.
 -- * rate = increase / step seconds (or the tier's resolution where a coarser tier had to serve a
@@ -72,7 +73,7 @@ CREATE OR REPLACE FUNCTION perfwatch.tier_coverage()
     BEGIN ATOMIC
         SELECT p.level, t.name, t.table_name, t.resolution,
                perfwatch.bucket_ceil(coalesce(nt.resolution, '1 microsecond'),
-                                     (SELECT min(pa.lo) FROM perfwatch.partition pa WHERE pa.tier = t.name)),
+                                     (SELECT min(pa.lo) FROM perfwatch.level_partitions(t.name) pa)),
                CASE WHEN p.level = 0 THEN 'infinity'::timestamptz ELSE t.watermark END
         FROM perfwatch.archive_policy p
         JOIN perfwatch.tier t ON t.name = p.tier
@@ -150,12 +151,7 @@ BEGIN
     END IF;
     FOR seg IN SELECT * FROM perfwatch.plan_tiers(t_from, t_to, step) LOOP
         IF seg.level = 0 THEN
-            -- a raw sample is a bucket of one sample
-            parts := parts || format($q$
-                SELECT series_id, ts AS bucket, 0::double precision AS res, 1 AS count, value AS sum, value AS min,
-                       value AS max, ts AS first_ts, value AS first_value, ts AS last_ts, value AS last_value,
-                       0::double precision AS increase, 0 AS resets
-                FROM perfwatch.sample WHERE series_id = ANY ($3) AND ts >= %L AND ts < %L$q$, seg.lo, seg.hi);
+            parts := parts || perfwatch.raw_buckets_sql(seg.lo, seg.hi, '$3');
         ELSE
             parts := parts || format($q$
                 SELECT series_id, bucket, %L::double precision AS res, count, sum, min, max, first_ts, first_value,
@@ -176,7 +172,7 @@ BEGIN
         FROM (%s) g JOIN perfwatch.series s ON s.id = g.series_id
         ORDER BY g.bucket, g.series_id
         $q$, perfwatch.merge_buckets_sql(array_to_string(parts, ' UNION ALL '), step, true))
-        USING m.kind = 'counter', extract(epoch FROM step)::double precision, ids;
+        USING m.kind <> 'gauge', extract(epoch FROM step)::double precision, ids;
 END
 $$;
 
@@ -258,7 +254,12 @@ BEGIN
                sum(pg_stat_get_live_tuples(to_regclass('perfwatch.' || quote_ident(pa.table_name)))),
                sum(pg_total_relation_size(to_regclass('perfwatch.' || quote_ident(pa.table_name))))
           INTO partitions, oldest, rows_estimate, bytes
-          FROM perfwatch.partition pa WHERE pa.tier = r.tier;
+          FROM perfwatch.level_partitions(r.tier) pa;
+        IF r.level = 0 THEN
+            -- raw rows: the head's samples, the late ones and the chunks (a row each)
+            rows_estimate := coalesce(rows_estimate, 0) + pg_stat_get_live_tuples('perfwatch.sample_late'::regclass);
+            bytes := coalesce(bytes, 0) + pg_total_relation_size('perfwatch.sample_late');
+        END IF;
         bytes_per_row := CASE WHEN rows_estimate > 0 THEN bytes::double precision / rows_estimate END;
         -- newest: in the newest partition that holds anything (not ahead of now), one backward
         -- probe of the primary key per series; status runs after every rollup pass, so no scans

@@ -11,6 +11,7 @@
 -- horizon moves past it (writes refuse that period from now on); its table is queued in
 -- perfwatch.partition_drop for the archiver to detach and drop outside this transaction (see
 -- schema 0005). Expired partitions kept for the second reason are returned with dropped = false.
+-- Raw data is the head's and the packed chunks' partitions (level_partitions), and late samples.
 -- Oldest first, so the horizon only moves on.
 CREATE OR REPLACE FUNCTION perfwatch.expire_partitions(p_tier text, p_now timestamptz)
     RETURNS TABLE (partition text, lo timestamptz, hi timestamptz, dropped boolean)
@@ -33,8 +34,8 @@ BEGIN
     SELECT s.* INTO nxt FROM perfwatch.archive_policy above JOIN perfwatch.tier s ON s.name = above.tier
         WHERE above.level = pol.level + 1;
     has_next := FOUND;
-    FOR p IN SELECT * FROM perfwatch.partition pp WHERE pp.tier = p_tier AND pp.hi <= p_now - pol.retention
-             ORDER BY pp.lo LOOP
+    FOR p IN SELECT * FROM perfwatch.level_partitions(p_tier) pp WHERE pp.hi <= p_now - pol.retention
+             ORDER BY pp.lo, pp.tier LOOP
         blocked := blocked OR (has_next AND (nxt.watermark IS NULL OR p.hi > nxt.watermark
                      OR EXISTS (SELECT FROM perfwatch.rollup_dirty d
                                 WHERE d.tier IN (nxt.name, p_tier) AND d.lo < p.hi)));
@@ -44,9 +45,12 @@ BEGIN
         dropped := NOT blocked;
         IF dropped THEN
             INSERT INTO perfwatch.partition_drop (table_name, parent, tier, lo, hi)
-                SELECT p.table_name, t.table_name, p_tier, p.lo, p.hi FROM perfwatch.tier t WHERE t.name = p_tier;
-            DELETE FROM perfwatch.partition pp WHERE pp.tier = p_tier AND pp.lo = p.lo;
-            UPDATE perfwatch.tier SET horizon = greatest(horizon, p.hi) WHERE name = p_tier;
+                SELECT p.table_name, t.table_name, p.tier, p.lo, p.hi FROM perfwatch.tier t WHERE t.name = p.tier;
+            DELETE FROM perfwatch.partition pp WHERE pp.tier = p.tier AND pp.lo = p.lo;
+            UPDATE perfwatch.tier SET horizon = greatest(horizon, p.hi) WHERE name IN (p_tier, p.tier);
+            IF pol.level = 0 THEN
+                DELETE FROM perfwatch.sample_late l WHERE l.ts < p.hi;
+            END IF;
         END IF;
         RETURN NEXT;
     END LOOP;

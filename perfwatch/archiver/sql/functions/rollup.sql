@@ -40,11 +40,7 @@ BEGIN
         PERFORM perfwatch.ensure_partition(p_tier, part);
     END LOOP;
     IF src.name = 'raw' THEN
-        source_rows := format($q$
-            SELECT series_id, ts AS bucket, 0::double precision AS res, 1 AS count, value AS sum, value AS min,
-                   value AS max, ts AS first_ts, value AS first_value, ts AS last_ts, value AS last_value,
-                   0::double precision AS increase, 0 AS resets
-            FROM perfwatch.sample WHERE ts >= %L AND ts < %L$q$, p_lo, p_hi);
+        source_rows := perfwatch.raw_buckets_sql(p_lo, p_hi, NULL);
     ELSE
         source_rows := format($q$
             SELECT series_id, bucket, %L::double precision AS res, count, sum, min, max, first_ts, first_value,
@@ -56,8 +52,8 @@ BEGIN
         INSERT INTO perfwatch.%1$I AS t
             (series_id, bucket, count, sum, min, max, first_ts, first_value, last_ts, last_value, increase, resets)
         SELECT g.series_id, g.bucket, g.count, g.sum, g.min, g.max, g.first_ts, g.first_value, g.last_ts,
-               g.last_value, CASE WHEN m.kind = 'counter' THEN g.increase END,
-               CASE WHEN m.kind = 'counter' THEN g.resets END
+               g.last_value, CASE WHEN m.kind <> 'gauge' THEN g.increase END,
+               CASE WHEN m.kind <> 'gauge' THEN g.resets END
         FROM (%2$s) g
         JOIN perfwatch.series se ON se.id = g.series_id
         JOIN perfwatch.metric m ON m.id = se.metric_id
@@ -88,6 +84,7 @@ DECLARE
     t perfwatch.tier;
     src perfwatch.tier;
     closed_before timestamptz;
+    next_data timestamptz;
 BEGIN
     SELECT * INTO levels FROM perfwatch.begin_rollup(p_tier);
     t := levels.t;
@@ -102,7 +99,7 @@ BEGIN
     lo := t.watermark;
     IF lo IS NULL THEN
         -- first run: start at the oldest data of the level below
-        SELECT min(p.lo) INTO lo FROM perfwatch.partition p WHERE p.tier = src.name;
+        SELECT min(p.lo) INTO lo FROM perfwatch.level_partitions(src.name) p;
         IF lo IS NULL THEN
             RETURN;
         END IF;
@@ -113,6 +110,19 @@ BEGIN
         rows := 0;
         RETURN;
     END IF;
+    -- Where the level below has no partition (and no late sample), there is nothing to roll up:
+    -- the watermark moves past the gap at once rather than a chunk per transaction.
+    SELECT least(min(p.lo), (SELECT min(l.ts) FROM perfwatch.sample_late l
+                             WHERE src.name = 'raw' AND l.ts >= rollup_next.lo))
+        INTO next_data FROM perfwatch.level_partitions(src.name) p WHERE p.hi > rollup_next.lo;
+    next_data := perfwatch.bucket_floor(t.resolution, next_data);
+    IF next_data IS NULL OR next_data >= closed_before THEN
+        hi := closed_before;
+        rows := 0;
+        UPDATE perfwatch.tier SET watermark = hi WHERE name = p_tier;
+        RETURN;
+    END IF;
+    lo := greatest(lo, next_data);
     hi := least(lo + p_chunk, closed_before);
     rows := perfwatch.rollup_range(p_tier, lo, hi);
     UPDATE perfwatch.tier SET watermark = hi WHERE name = p_tier;

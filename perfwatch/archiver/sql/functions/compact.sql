@@ -1,0 +1,218 @@
+-- Compaction (the `compact` step of store → compact → rollup → retention): the head's samples of
+-- each closed window are packed into one perfwatch.sample_chunk row per series, behind the
+-- 'packed' tier's watermark (schema 0007); samples that arrive later for a packed window wait in
+-- perfwatch.sample_late and are merged into their chunk. perfwatch/archiver/compact.py drives it.
+-- Readers take every raw sample through raw_buckets_sql (below), so what is packed, late or still
+-- in the head reads the same.
+
+-- The partitions holding a level's data: for raw, the head's and the packed chunks'.
+CREATE OR REPLACE FUNCTION perfwatch.level_partitions(p_tier text) RETURNS SETOF perfwatch.partition
+    LANGUAGE sql STABLE SET search_path = pg_catalog, perfwatch
+    BEGIN ATOMIC
+        SELECT * FROM perfwatch.partition p WHERE p.tier = p_tier OR (p_tier = 'raw' AND p.tier = 'packed');
+    END;
+
+-- The query of every raw sample of [p_lo, p_hi) as bucket rows of one sample each (the shape
+-- merge_buckets_sql reads: res 0, increase 0, resets 0): from the chunks and the late samples
+-- before the packed watermark, from the head after it. p_series: a SQL expression for an
+-- integer[] of the series to read (e.g. '$3'), NULL for all.
+CREATE OR REPLACE FUNCTION perfwatch.raw_buckets_sql(p_lo timestamptz, p_hi timestamptz, p_series text)
+    RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    packed perfwatch.tier;
+    packed_before timestamptz;
+    only_series text := CASE WHEN p_series IS NULL THEN '' ELSE format(' AND series_id = ANY (%s)', p_series) END;
+    parts text[] := '{}';
+BEGIN
+    SELECT * INTO packed FROM perfwatch.tier WHERE name = 'packed';
+    packed_before := coalesce(packed.watermark, '-infinity');
+    IF p_hi > packed_before THEN
+        parts := parts || format('SELECT series_id, ts, value FROM perfwatch.sample WHERE ts >= %L AND ts < %L%s',
+                                 greatest(p_lo, packed_before), p_hi, only_series);
+    END IF;
+    IF p_lo < packed_before THEN
+        parts := parts || format('SELECT series_id, ts, value FROM perfwatch.sample_late WHERE ts >= %L AND ts < %L%s',
+                                 p_lo, least(p_hi, packed_before), only_series);
+        parts := parts || format($q$
+            SELECT u.series_id, u.ts, u.value FROM (
+                SELECT c.series_id, c.start + (c.t0 + c.step * (e.n - 1) + e.jitter) * interval '1 millisecond' AS ts,
+                       e.value
+                FROM perfwatch.sample_chunk c, unnest(c.jitter, c.vals) WITH ORDINALITY AS e(jitter, value, n)
+                WHERE c.start >= %L AND c.start < %L%s) u
+            WHERE u.ts >= %L AND u.ts < %L$q$,
+            perfwatch.bucket_floor(packed.resolution, p_lo), least(p_hi, packed_before), only_series, p_lo,
+            least(p_hi, packed_before));
+    END IF;
+    IF cardinality(parts) = 0 THEN
+        parts := ARRAY['SELECT NULL::integer AS series_id, NULL::timestamptz AS ts, NULL::double precision AS value '
+                       'WHERE false'];
+    END IF;
+    RETURN format($q$
+        SELECT r.series_id, r.ts AS bucket, 0::double precision AS res, 1 AS count, r.value AS sum, r.value AS min,
+               r.value AS max, r.ts AS first_ts, r.value AS first_value, r.ts AS last_ts, r.value AS last_value,
+               0::double precision AS increase, 0 AS resets
+        FROM (%s) r$q$, array_to_string(parts, ' UNION ALL '));
+END
+$$;
+
+-- Pack the samples p_source yields (series_id, ts, value; milliseconds apart at least, as
+-- Prometheus' are) into chunks of p_width windows, merged with what the chunks of those windows
+-- already hold (a sample already packed keeps its value: the first write wins, as in the head).
+-- p_merge false: the caller knows no chunk of these windows exists yet (packing the head forward),
+-- which spares the merge's sort. Returns the number of samples in the chunks written.
+CREATE OR REPLACE FUNCTION perfwatch.pack_samples(p_source text, p_width interval, p_merge boolean) RETURNS bigint
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch SET work_mem = '64MB' AS $$
+DECLARE
+    source_rows text := p_source;
+    packed bigint;
+BEGIN
+    IF p_merge THEN
+        source_rows := format($q$
+            SELECT DISTINCT ON (m.series_id, m.ts) m.series_id, m.ts, m.value
+            FROM (SELECT s.series_id, s.ts, s.value, 1 AS rank FROM (%1$s) s
+                  UNION ALL
+                  SELECT c.series_id, c.start + (c.t0 + c.step * (e.n - 1) + e.jitter) * interval '1 millisecond',
+                         e.value, 0
+                  FROM perfwatch.sample_chunk c, unnest(c.jitter, c.vals) WITH ORDINALITY AS e(jitter, value, n)
+                  WHERE (c.series_id, c.start) IN (SELECT DISTINCT s.series_id, perfwatch.bucket_floor(%2$L, s.ts)
+                                                   FROM (%1$s) s)) m
+            ORDER BY m.series_id, m.ts, m.rank$q$, p_source, p_width);
+    END IF;
+    -- One aggregate per window (a window function per sample was five times slower); the jitter is
+    -- then computed per chunk from its offsets, in memory.
+    EXECUTE format($q$
+        INSERT INTO perfwatch.sample_chunk AS c (series_id, start, samples, t0, step, jitter, vals)
+        SELECT g.series_id, g.start, g.n, g.t0, g.step,
+               ARRAY(SELECT o.off - (g.t0 + g.step * (o.i - 1)) FROM unnest(g.offs) WITH ORDINALITY AS o(off, i)),
+               g.vals
+        FROM (
+            SELECT a.*, CASE WHEN a.n > 1 THEN round((a.last_off - a.t0)::double precision / (a.n - 1))::integer
+                             ELSE 0 END AS step
+            FROM (
+                SELECT r.series_id, r.start, count(*)::integer AS n, min(r.off) AS t0, max(r.off) AS last_off,
+                       array_agg(r.off ORDER BY r.off) AS offs, array_agg(r.value ORDER BY r.off) AS vals
+                FROM (SELECT s.series_id, s.value, b.start,
+                             round(date_part('epoch', s.ts - b.start) * 1000)::integer AS off
+                      FROM (%1$s) s, LATERAL (SELECT perfwatch.bucket_floor(%2$L, s.ts) AS start) b) r
+                GROUP BY r.series_id, r.start
+            ) a
+        ) g
+        ON CONFLICT (series_id, start) DO UPDATE SET
+            samples = excluded.samples, t0 = excluded.t0, step = excluded.step, jitter = excluded.jitter,
+            vals = excluded.vals
+        $q$, source_rows, p_width);
+    GET DIAGNOSTICS packed = ROW_COUNT;
+    RETURN packed;
+END
+$$;
+
+-- One step of the compaction: pack the head's next closed stretch (at most p_span, whole windows)
+-- after the packed watermark, which then moves on. A window is closed once it ends at or before
+-- p_now - p_delay. Head partitions that end at or before the new watermark are queued to be
+-- dropped (perfwatch.partition_drop; the archiver detaches and drops them outside this
+-- transaction). Under the raw-write lock, so a write is either packed here or sees the new
+-- watermark and goes to sample_late. Returns the range packed (lo = hi: nothing to do) and the
+-- number of chunks written.
+CREATE OR REPLACE FUNCTION perfwatch.compact_next(p_now timestamptz, p_delay interval, p_span interval,
+                                                  OUT lo timestamptz, OUT hi timestamptz, OUT chunks bigint)
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    packed perfwatch.tier;
+    closed_before timestamptz;
+    next_data timestamptz;
+    part timestamptz;
+BEGIN
+    LOCK TABLE perfwatch.lock_raw_write IN EXCLUSIVE MODE;
+    SELECT * INTO packed FROM perfwatch.tier WHERE name = 'packed';
+    closed_before := perfwatch.bucket_floor(packed.resolution, p_now - p_delay);
+    lo := packed.watermark;
+    IF lo IS NULL THEN
+        SELECT perfwatch.bucket_floor(packed.resolution, min(p.lo)) INTO lo FROM perfwatch.partition p WHERE p.tier = 'raw';
+        IF lo IS NULL THEN
+            RETURN;
+        END IF;
+    END IF;
+    IF lo >= closed_before THEN
+        hi := lo;
+        chunks := 0;
+        RETURN;
+    END IF;
+    -- Every head sample is in a head partition: where none is, there is nothing to pack (a gap
+    -- in the archive, the years before an import), and the watermark moves past it at once.
+    SELECT perfwatch.bucket_floor(packed.resolution, min(p.lo)) INTO next_data
+        FROM perfwatch.partition p WHERE p.tier = 'raw' AND p.hi > compact_next.lo;
+    IF next_data < lo THEN
+        next_data := lo;
+    END IF;
+    IF next_data IS NULL OR next_data >= closed_before THEN
+        hi := closed_before;
+        chunks := 0;
+        UPDATE perfwatch.tier SET watermark = hi WHERE name = 'packed';
+        RETURN;
+    END IF;
+    lo := next_data;
+    hi := least(perfwatch.bucket_floor(packed.resolution, lo + p_span), closed_before);
+    IF hi <= lo THEN
+        hi := lo + packed.resolution;
+    END IF;
+    FOR part IN SELECT generate_series(perfwatch.bucket_floor(packed.partition_width, lo), hi - interval '1 microsecond',
+                                       packed.partition_width) LOOP
+        PERFORM perfwatch.ensure_partition('packed', part);
+    END LOOP;
+    chunks := perfwatch.pack_samples(
+        format('SELECT series_id, ts, value FROM perfwatch.sample WHERE ts >= %L AND ts < %L', lo, hi),
+        packed.resolution,
+        EXISTS (SELECT FROM perfwatch.sample_chunk c WHERE c.start >= lo AND c.start < hi));
+    UPDATE perfwatch.tier SET watermark = hi WHERE name = 'packed';
+    WITH released AS (
+        DELETE FROM perfwatch.partition p WHERE p.tier = 'raw' AND p.hi <= compact_next.hi RETURNING p.*)
+    INSERT INTO perfwatch.partition_drop (table_name, parent, tier, lo, hi)
+        SELECT r.table_name, 'sample', 'raw', r.lo, r.hi FROM released r;
+END
+$$;
+
+-- Merge the late samples of the oldest stretch (at most p_span) that has any into their chunks.
+-- Returns the range merged (NULL: no late samples) and how many samples it merged.
+CREATE OR REPLACE FUNCTION perfwatch.compact_late(p_span interval, OUT lo timestamptz, OUT hi timestamptz,
+                                                  OUT merged bigint)
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    packed perfwatch.tier;
+    part timestamptz;
+BEGIN
+    LOCK TABLE perfwatch.lock_raw_write IN EXCLUSIVE MODE;
+    SELECT * INTO packed FROM perfwatch.tier WHERE name = 'packed';
+    SELECT perfwatch.bucket_floor(packed.resolution, min(l.ts)) INTO lo FROM perfwatch.sample_late l;
+    IF lo IS NULL THEN
+        RETURN;
+    END IF;
+    hi := lo + greatest(perfwatch.bucket_ceil(packed.resolution, lo + p_span) - lo, packed.resolution);
+    FOR part IN SELECT generate_series(perfwatch.bucket_floor(packed.partition_width, lo), hi - interval '1 microsecond',
+                                       packed.partition_width) LOOP
+        PERFORM perfwatch.ensure_partition('packed', part);
+    END LOOP;
+    CREATE TEMPORARY TABLE IF NOT EXISTS perfwatch_late_merge (series_id integer, ts timestamptz,
+                                                               value double precision) ON COMMIT DELETE ROWS;
+    WITH moved AS (DELETE FROM perfwatch.sample_late l WHERE l.ts >= compact_late.lo AND l.ts < compact_late.hi
+                   RETURNING l.series_id, l.ts, l.value)
+    INSERT INTO perfwatch_late_merge SELECT * FROM moved;
+    GET DIAGNOSTICS merged = ROW_COUNT;
+    PERFORM perfwatch.pack_samples('SELECT series_id, ts, value FROM perfwatch_late_merge', packed.resolution, true);
+END
+$$;
+
+-- Whether p_ts of series p_series_id is already in a chunk (a replayed sample), for the store.
+CREATE OR REPLACE FUNCTION perfwatch.is_packed(p_series_id integer, p_ts timestamptz, p_width interval) RETURNS boolean
+    LANGUAGE sql STABLE SET search_path = pg_catalog, perfwatch
+    BEGIN ATOMIC
+        SELECT EXISTS (
+            SELECT FROM perfwatch.sample_chunk c, unnest(c.jitter) WITH ORDINALITY AS e(jitter, n)
+            WHERE c.series_id = p_series_id AND c.start = perfwatch.bucket_floor(p_width, p_ts)
+              AND c.start + (c.t0 + c.step * (e.n - 1) + e.jitter) * interval '1 millisecond' = p_ts);
+    END;
+
+GRANT EXECUTE ON FUNCTION
+    perfwatch.level_partitions(text),
+    perfwatch.raw_buckets_sql(timestamptz, timestamptz, text)
+TO perfwatch_grafana;
