@@ -8,8 +8,10 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from perfwatch import __version__
+from perfwatch.archiver.scrape import LABEL_NAME_RE
 from perfwatch.archiver.settings import DEFAULT_PORT, ArchiverSettings, load_settings
 from perfwatch.common.config import ConfigError, parse_listen
 from perfwatch.common.httpmetrics import HTTPMetrics
@@ -17,6 +19,9 @@ from perfwatch.common.httpserver import Request, Response, WebServer, metrics_ha
 from perfwatch.common.lifecycle import add_web_arguments, serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import WebConfig, load_web_config
+
+if TYPE_CHECKING:
+    from perfwatch.archiver.backfill import ImportJob
 
 log = logging.getLogger("perfwatch.archiver")
 
@@ -27,7 +32,16 @@ COMMANDS = {
     "retention": "run one retention pass (create partitions ahead, drop expired ones), then exit",
     "status": "show the policy and each tier's state, then exit",
     "backup": "write the archive's database to FILE (pg_dump's custom format, for pg_restore), then exit",
+    "import": "write the samples of an OpenMetrics FILE with timestamps (what promtool's backfill reads) into "
+              "the archive, roll them up, then exit",
 }
+IMPORT_EPILOG = (
+    "FILE is OpenMetrics text with a timestamp on every sample and `# EOF` at the end, the input of "
+    "`promtool tsdb create-blocks-from openmetrics`; - reads standard input. It is read as a stream and written "
+    "in batches; samples already in the archive are skipped, so importing a file again is harmless. A malformed "
+    "line stops the import (exit 1) naming the line: nothing after it is written. Exit status: 0 done, 1 "
+    "failure (unreadable or malformed input, database unreachable), 2 usage or config error."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         if name == "backup":
             command.add_argument("file", metavar="FILE", help="where to write it; - for standard output")
+        if name == "import":
+            command.epilog = IMPORT_EPILOG
+            command.add_argument("file", metavar="FILE", help="the OpenMetrics file; - for standard input")
+            command.add_argument("--label", metavar="NAME=VALUE", action="append", default=[],
+                                 help="add this label to every sample, e.g. job=node or instance=host:9100 "
+                                 "(repeatable); a label the file has too moves to exported_NAME, as a target's "
+                                 "labels do")
+            command.add_argument("--no-rollup", action="store_true",
+                                 help="do not run a rollup pass after writing (the archiver's next one does it)")
     return parser
 
 
@@ -80,11 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "run" and not settings.targets:
             raise ConfigError("targets", "nothing to scrape: give --target URL or `targets` in the config file")
         web_config = load_web_config(str(opt("web_config"))) if opt("web_config") else None
+        import_job = _import_job(args) if command == "import" else None
     except ConfigError as err:
         print(f"perfwatch-archiver: config error: {err}", file=sys.stderr)
         return 2
-    # An operator command prints what it did; its log says only what went wrong, unless asked.
-    setup_logging(settings.log_level if command == "run" or opt("log_level") else "warning")
+    # An operator command prints what it did; its log says only what went wrong, unless asked (an
+    # import, which may take hours, logs its progress).
+    setup_logging(settings.log_level if command in ("run", "import") or opt("log_level") else "warning")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at info
     if command == "run":
         config_path = str(opt("config")) if opt("config") else None
@@ -101,7 +126,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                    enable_lifecycle=bool(opt("enable_lifecycle")), load_again=load_again)
     from perfwatch.archiver.operate import operate
 
-    return operate(command, settings, dsn, backup_file=str(opt("file")) if opt("file") else None)
+    return operate(command, settings, dsn, backup_file=str(opt("file")) if command == "backup" else None,
+                   import_job=import_job)
+
+
+def _import_job(args: argparse.Namespace) -> ImportJob:
+    """`import`'s arguments; ConfigError names --label where one is not a valid NAME=VALUE."""
+    from perfwatch.archiver.backfill import ImportJob
+
+    labels: dict[str, str] = {}
+    for text in args.label:
+        name, equals, value = text.partition("=")
+        if not equals:
+            raise ConfigError("--label", f"{text!r} is not NAME=VALUE")
+        if not LABEL_NAME_RE.match(name) or name.startswith("__"):
+            raise ConfigError("--label", f"{name!r} is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*, no __)")
+        if not value:
+            raise ConfigError("--label", f"{name}: the value is empty (an empty label is no label)")
+        if name in labels:
+            raise ConfigError("--label", f"{name} is given twice")
+        labels[name] = value
+    return ImportJob(args.file, labels, rollup=not args.no_rollup)
 
 
 def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | None = None, *,

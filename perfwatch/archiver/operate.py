@@ -1,4 +1,4 @@
-"""Operator commands: `migrate`, `rollup`, `retention`, `status`, `backup` — one pass, print, exit.
+"""Operator commands: `migrate`, `rollup`, `retention`, `status`, `backup`, `import` — one pass, print, exit.
 
 They work beside a running archiver (the SQL side serialises rollup and retention with table
 locks, sql/functions/locks.sql). Without a DSN they use the embedded server under the data dir,
@@ -12,32 +12,44 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 import psycopg
 import sqlalchemy as sa
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from perfwatch.archiver.backfill import ImportJob, ImportStats, MalformedInput, describe_range, import_lines, read_lines
+from perfwatch.archiver.compact import run_compaction
 from perfwatch.archiver.db import DatabaseUnavailable, make_engine
 from perfwatch.archiver.embedded import EmbeddedPostgres, bin_dir
 from perfwatch.archiver.migrate import apply_migrations
 from perfwatch.archiver.policy import mirror_policy
 from perfwatch.archiver.retention import run_retention
-from perfwatch.archiver.rollup import run_rollups
+from perfwatch.archiver.rollup import TierRun, run_rollups
 from perfwatch.archiver.settings import ArchiverSettings
 from perfwatch.archiver.status import TierStatus, tier_status
+from perfwatch.archiver.store import Store
 from perfwatch.common.config import format_duration
 
 log = logging.getLogger("perfwatch.archiver")
 
 
-# Commands that only read or maintain an archive: run where none is, they must not create one
+# Commands that read, maintain or add to an archive: run where none is, they must not create one
 # (a 46 MB cluster in whatever directory the command was typed in). `migrate` creates it.
-NEEDS_AN_ARCHIVE = ("status", "rollup", "retention", "backup")
+NEEDS_AN_ARCHIVE = ("status", "rollup", "retention", "backup", "import")
 
 
-def operate(command: str, settings: ArchiverSettings, dsn: str | None, backup_file: str | None = None) -> int:
+def operate(command: str, settings: ArchiverSettings, dsn: str | None, backup_file: str | None = None,
+            import_job: ImportJob | None = None) -> int:
     embedded = None
     stop_after = False
+    source = None
+    if import_job is not None:  # an input that cannot be read fails before any database is started
+        try:
+            source = import_job.open()
+        except OSError as err:
+            print(f"perfwatch-archiver: import: cannot read {import_job.file}: {err.strerror or err}", file=sys.stderr)
+            return 1
     if dsn is None:
         embedded = EmbeddedPostgres(Path(settings.data_dir) / "postgres")
         if command in NEEDS_AN_ARCHIVE and not embedded.exists():
@@ -51,6 +63,8 @@ def operate(command: str, settings: ArchiverSettings, dsn: str | None, backup_fi
         except Exception as err:
             print(f"perfwatch-archiver: cannot start the embedded PostgreSQL in {embedded.data_dir}: {err}",
                   file=sys.stderr)
+            if source is not None:
+                source.close()
             return 1
     if command == "backup":
         try:
@@ -60,7 +74,7 @@ def operate(command: str, settings: ArchiverSettings, dsn: str | None, backup_fi
                 embedded.stop()
     engine = make_engine(dsn)
     try:
-        return _run(command, settings, engine)
+        return _run(command, settings, engine, import_job, source)
     except DatabaseUnavailable as err:
         print(f"perfwatch-archiver: {command}: database unreachable: {err}", file=sys.stderr)
         return 1
@@ -76,12 +90,15 @@ def operate(command: str, settings: ArchiverSettings, dsn: str | None, backup_fi
               file=sys.stderr)
         return 1
     finally:
+        if source is not None:
+            source.close()
         engine.dispose()
         if embedded is not None and stop_after:
             embedded.stop()
 
 
-def _run(command: str, settings: ArchiverSettings, engine: sa.Engine) -> int:
+def _run(command: str, settings: ArchiverSettings, engine: sa.Engine, import_job: ImportJob | None = None,
+         source: IO[bytes] | None = None) -> int:
     policy = settings.policy
     if command == "status":
         print_status(tier_status(engine, policy))
@@ -91,11 +108,15 @@ def _run(command: str, settings: ArchiverSettings, engine: sa.Engine) -> int:
     if command == "migrate":
         print(f"applied {len(applied)} migrations{': ' + ', '.join(applied) if applied else ' (up to date)'}; "
               "policy mirrored")
+        # An archive written before storage v2 (or left behind by a stopped archiver) is packed
+        # now, in transactions of an hour each (progress in the log): resumable at any point.
+        packed = run_compaction(engine, policy)
+        print(f"packed raw samples up to {_time(packed.watermark_after)}: {packed.chunks} chunks, "
+              f"{packed.late_samples} late samples merged ({packed.seconds:.2f}s)")
     elif command == "rollup":
-        for run in run_rollups(engine, policy):
-            print(f"tier {run.tier}: {run.buckets_written} buckets in {run.chunks} chunks, "
-                  f"{run.dirty_buckets_written} again for late samples; watermark {_time(run.watermark_before)} → "
-                  f"{_time(run.watermark_after)} ({run.seconds:.2f}s)")
+        print_rollups(run_rollups(engine, policy))
+    elif command == "import" and import_job is not None and source is not None:
+        return import_history(engine, settings, import_job, source)
     elif command == "retention":
         retention = run_retention(engine, policy)
         print(f"created {len(retention.created)} partitions ahead{_list(retention.created)}")
@@ -104,6 +125,43 @@ def _run(command: str, settings: ArchiverSettings, engine: sa.Engine) -> int:
             print(f"kept {len(retention.waiting)} expired partitions until the next tier has rolled them up"
                   f"{_list(retention.waiting)}")
     return 0
+
+
+def import_history(engine: sa.Engine, settings: ArchiverSettings, job: ImportJob, source: IO[bytes]) -> int:
+    """`import FILE`: its samples into the archive, a summary, then one rollup pass."""
+    stats = ImportStats()
+    try:
+        import_lines(Store(engine), read_lines(source), job.source, job.labels, stats)
+    except MalformedInput as err:
+        print_import(job, stats, done=False)
+        print(f"perfwatch-archiver: import: {job.source}: {err}; nothing after it was written, what came before it "
+              "was (importing the file again once it is fixed is safe)", file=sys.stderr)
+        return 1
+    except BaseException:
+        print_import(job, stats, done=False)  # what is in the archive already; then the error, as for any command
+        raise
+    print_import(job, stats, done=True)
+    if job.rollup:
+        print_rollups(run_rollups(engine, settings.policy))
+    else:
+        print("not rolled up (--no-rollup): the archiver's next rollup pass (or `perfwatch-archiver rollup`) does it")
+    return 0
+
+
+def print_import(job: ImportJob, stats: ImportStats, *, done: bool) -> None:
+    dropped = sum(stats.dropped.values())
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(stats.dropped.items()) if n)
+    print(f"{'imported' if done else 'stopped importing'} {job.source}: {stats.written} samples written, "
+          f"{stats.skipped} skipped as already stored, {dropped} dropped{f' ({reasons})' if reasons else ''}; "
+          f"{describe_range(stats)}; {stats.read} samples in {stats.lines} lines read in {stats.seconds:.1f}s "
+          f"({stats.rate():.0f} samples/s)")
+
+
+def print_rollups(runs: list[TierRun]) -> None:
+    for run in runs:
+        print(f"tier {run.tier}: {run.buckets_written} buckets in {run.chunks} chunks, "
+              f"{run.dirty_buckets_written} again for late samples; watermark {_time(run.watermark_before)} → "
+              f"{_time(run.watermark_after)} ({run.seconds:.2f}s)")
 
 
 def backup(dsn: str, file: str) -> int:
