@@ -49,7 +49,7 @@ def test_counter_names_kinds_and_help() -> None:
         "a_total": ("counter", "counter"), "legacy": ("counter", "counter"), "g": ("gauge", "gauge"),
         "h_bucket": ("counter", "histogram"), "h_sum": ("counter", "histogram"), "h_count": ("counter", "histogram"),
         "s": ("gauge", "summary"), "s_sum": ("counter", "summary"), "s_count": ("counter", "summary"),
-        "untyped_thing": ("gauge", "unknown"),
+        "untyped_thing": ("untyped", "unknown"),  # counter maths, as PromQL rate() gives it
     }
     assert batch.metadata["a_total"].help == "Things."
     assert {s.name for s in batch.samples} == set(kinds)

@@ -15,50 +15,42 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import logging
-import math
-import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from prometheus_client.parser import text_fd_to_metric_families
 
 from perfwatch import __version__
-from perfwatch.archiver.model import Batch, MetricMeta, Sample, SampleKind
+from perfwatch.archiver.model import Batch
+
+# The parse step and what it shares with scraping live in archiver.parse; the names stay importable
+# from here, where they were first.
+from perfwatch.archiver.parse import BODY_SIZE_LIMIT as BODY_SIZE_LIMIT
+from perfwatch.archiver.parse import HTTP_STATUS as HTTP_STATUS
+from perfwatch.archiver.parse import LABEL_LIMIT as LABEL_LIMIT
+from perfwatch.archiver.parse import LABEL_NAME_RE as LABEL_NAME_RE
+from perfwatch.archiver.parse import MALFORMED as MALFORMED
+from perfwatch.archiver.parse import METRIC_NAME_RE as METRIC_NAME_RE
+from perfwatch.archiver.parse import REASONS as REASONS
+from perfwatch.archiver.parse import SAMPLE_LIMIT as SAMPLE_LIMIT
+from perfwatch.archiver.parse import TIMEOUT as TIMEOUT
+from perfwatch.archiver.parse import UNREACHABLE as UNREACHABLE
+from perfwatch.archiver.parse import ScrapeError as ScrapeError
+from perfwatch.archiver.parse import ScrapeLimits as ScrapeLimits
+from perfwatch.archiver.parse import _check_label_limits as _check_label_limits
+from perfwatch.archiver.parse import parse_lines as parse_lines
+from perfwatch.archiver.parse import relabel as relabel
+from perfwatch.archiver.parse import sample_kind as sample_kind
 from perfwatch.archiver.scrapeauth import AuthorizationConfig, BasicAuthConfig, TLSClientConfig, apply_client_auth
 
 log = logging.getLogger(__name__)
 
 ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
-METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_COUNTER_TYPE_RE = re.compile(r"^\s*#\s*TYPE\s+(\S+)\s+counter\s*$")
 _READ_CHUNK = 1 << 16
-
-# Failure reasons, the values of perfwatch_archiver_scrape_failures_total's `reason` label.
-UNREACHABLE = "unreachable"  # connection refused/reset, DNS failure
-TIMEOUT = "timeout"  # no complete answer within scrape_timeout
-HTTP_STATUS = "http_status"  # an answer other than 200
-MALFORMED = "malformed"  # not valid text exposition (or not UTF-8)
-BODY_SIZE_LIMIT = "body_size_limit"  # the body was larger than body_size_limit (uncompressed)
-SAMPLE_LIMIT = "sample_limit"  # more samples than sample_limit
-LABEL_LIMIT = "label_limit"  # a sample over label_limit, label_name_length_limit or label_value_length_limit
-REASONS = (UNREACHABLE, TIMEOUT, HTTP_STATUS, MALFORMED, BODY_SIZE_LIMIT, SAMPLE_LIMIT, LABEL_LIMIT)
-
-
-@dataclasses.dataclass(frozen=True)
-class ScrapeLimits:
-    """Prometheus' scrape_config limits; 0 means no limit, as in Prometheus."""
-
-    body_size_limit: int = 0  # bytes, uncompressed
-    sample_limit: int = 0
-    label_limit: int = 0  # labels per sample, job and instance included
-    label_name_length_limit: int = 0
-    label_value_length_limit: int = 0
-
+NO_LIMITS = ScrapeLimits()  # Prometheus' default
 
 @dataclasses.dataclass(frozen=True)
 class Target:
@@ -68,7 +60,7 @@ class Target:
     labels: tuple[tuple[str, str], ...] = ()  # extra target labels, beside job and instance
     interval: float = 15.0
     timeout: float = 10.0
-    limits: ScrapeLimits = ScrapeLimits()
+    limits: ScrapeLimits = NO_LIMITS
     # How to authenticate and verify TLS (archiver.scrapeauth), as a Prometheus scrape_config.
     basic_auth: BasicAuthConfig | None = dataclasses.field(default=None, compare=False)
     authorization: AuthorizationConfig | None = dataclasses.field(default=None, compare=False)
@@ -101,15 +93,6 @@ def default_instance(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{host}:{port}"
-
-
-class ScrapeError(Exception):
-    """A failed scrape: `reason` is one of REASONS, the message says what happened."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 class TargetScraper:
@@ -209,109 +192,7 @@ def _connection_reason(err: requests.ConnectionError) -> str:
     return text[:300]
 
 
-def sample_kind(family_type: str, family_name: str, sample_name: str) -> SampleKind:
-    """Counters, and histogram/summary _bucket/_sum/_count, roll up as counters; all else as gauges."""
-    if family_type == "counter":
-        return "counter"
-    if family_type in ("histogram", "summary") and sample_name[len(family_name):] in ("_bucket", "_sum", "_count"):
-        return "counter"
-    return "gauge"
-
-
-def relabel(exposed: dict[str, str], target_labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    """Prometheus' honor_labels: false (scrape.go, resolveConflictingExposedLabels): target labels
-    win; a clashing exposed label moves to the first free `exported_<name>`,
-    `exported_exported_<name>`, …. Empty values mean absent."""
-    labels = {k: v for k, v in exposed.items() if v != ""}
-    conflicts = [(name, labels[name]) for name in target_labels if name in labels]
-    for name, value in target_labels.items():
-        labels.pop(name, None)
-        if value != "":
-            labels[name] = value
-    for name, value in sorted(conflicts, key=lambda c: len(c[0])):
-        new = f"exported_{name}"
-        while new in labels:
-            new = f"exported_{new}"
-        labels[new] = value
-    return tuple(sorted(labels.items()))
-
-
 def parse_exposition(text: str, target_labels: dict[str, str], scraped_at_ms: int,
-                     limits: ScrapeLimits = ScrapeLimits()) -> Batch:
+                     limits: ScrapeLimits = NO_LIMITS) -> Batch:
     """Text exposition 0.0.4 → Batch. Raises ScrapeError (MALFORMED, or a limit's reason)."""
     return parse_lines(text.splitlines(keepends=True), target_labels, scraped_at_ms, limits)
-
-
-def parse_lines(lines: Iterable[str], target_labels: dict[str, str], scraped_at_ms: int,
-                limits: ScrapeLimits = ScrapeLimits()) -> Batch:
-    """The exposition's lines (as they arrive) → Batch; see parse_exposition."""
-    # prometheus_client's parser renames the samples of a counter declared without `_total`
-    # (`# TYPE foo counter` / `foo 1`) to `foo_total`; Prometheus stores `foo`, and so do we. The
-    # parser reads a family's TYPE line before it yields the family, so the names are known in time.
-    untotalled: set[str] = set()
-
-    def watch(source: Iterable[str]) -> Iterator[str]:
-        # sample_limit is counted here, on the lines: the parser yields a family only once it has
-        # read all of it, and a body of one family with a million samples would be held whole first.
-        sample_lines = 0
-        for line in source:
-            if line.startswith("#"):
-                if (match := _COUNTER_TYPE_RE.match(line)) and not match[1].endswith("_total"):
-                    untotalled.add(match[1])
-            elif line.strip():
-                sample_lines += 1
-                if limits.sample_limit and sample_lines > limits.sample_limit:
-                    raise ScrapeError(SAMPLE_LIMIT, f"more than sample_limit ({limits.sample_limit}) samples")
-            yield line
-
-    samples: list[Sample] = []
-    metadata: dict[str, MetricMeta] = {}
-    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-    duplicates = 0
-    try:
-        # typed as TextIO, but it only iterates over the lines
-        for family in text_fd_to_metric_families(watch(lines)):  # type: ignore[arg-type]
-            for s in family.samples:
-                name = s.name
-                if family.type == "counter" and family.name in untotalled and name == family.name + "_total":
-                    name = family.name
-                if not METRIC_NAME_RE.match(name):
-                    raise ValueError(f"invalid metric name {name!r}")
-                for label in s.labels:
-                    if not LABEL_NAME_RE.match(label) or label.startswith("__"):
-                        raise ValueError(f"invalid label name {label!r} on {name}")
-                if isinstance(s.value, float) and math.isnan(s.value):
-                    continue  # Prometheus' stale marker (or a plain NaN): never archived
-                labels = relabel(s.labels, target_labels)
-                _check_label_limits(name, labels, limits)
-                if (name, labels) in seen:
-                    duplicates += 1  # Prometheus keeps the first and rejects the rest
-                    continue
-                seen.add((name, labels))
-                ts = scraped_at_ms if s.timestamp is None else round(float(s.timestamp) * 1000)
-                samples.append(Sample(name, labels, float(s.value), ts))
-                if name not in metadata:
-                    metadata[name] = MetricMeta(name, sample_kind(family.type, family.name, name), family.type,
-                                                family.documentation or "", family.unit or "")
-    except ScrapeError:
-        raise
-    except Exception as err:  # the parser raises ValueError, IndexError, … on bad input
-        raise ScrapeError(MALFORMED, f"cannot parse exposition: {type(err).__name__}: {err}"[:300]) from None
-    if duplicates:
-        log.warning("target %s/%s exposed %d duplicate samples; kept the first of each",
-                    target_labels.get("job"), target_labels.get("instance"), duplicates)
-    return Batch(target_labels.get("job", ""), target_labels.get("instance", ""), scraped_at_ms, samples, metadata)
-
-
-def _check_label_limits(name: str, labels: tuple[tuple[str, str], ...], limits: ScrapeLimits) -> None:
-    """Prometheus' label limits, after the target's labels are added; any excess fails the scrape."""
-    if limits.label_limit and len(labels) > limits.label_limit:
-        raise ScrapeError(LABEL_LIMIT, f"{name} has {len(labels)} labels, more than label_limit "
-                          f"({limits.label_limit})")
-    for key, value in labels:
-        if limits.label_name_length_limit and len(key) > limits.label_name_length_limit:
-            raise ScrapeError(LABEL_LIMIT, f"{name}: a label name is {len(key)} characters long, more than "
-                              f"label_name_length_limit ({limits.label_name_length_limit})")
-        if limits.label_value_length_limit and len(value) > limits.label_value_length_limit:
-            raise ScrapeError(LABEL_LIMIT, f"{name}: label {key} is {len(value)} characters long, more than "
-                              f"label_value_length_limit ({limits.label_value_length_limit})")
