@@ -98,7 +98,8 @@ def test_the_database_mirrors_the_active_policy(pg_dsn: str) -> None:
     with engine.connect() as conn:
         # the tables of tiers no longer in the policy stay (with their data)
         assert set(conn.execute(sa.text("SELECT table_name FROM perfwatch.tier")).scalars()) == {
-            "sample", "sample_chunk", "rollup_5m", "rollup_1h", "rollup_1h30m", "rollup_1w", "rollup_1m30s"}
+            "sample", "sample_chunk", "rollup_5m", "rollup_1h", "rollup_1h30m", "rollup_1w", "rollup_1m30s",
+            "rollup_5m_chunk", "rollup_1h_chunk", "rollup_1h30m_chunk", "rollup_1w_chunk", "rollup_1m30s_chunk"}
     mirror_policy(engine, policy)
     with pytest.raises(ConfigError, match="whole multiple"):
         mirror_policy(engine, Policy(tiers=[Tier(Duration(300), Duration(86400 * 90)),

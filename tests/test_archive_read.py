@@ -195,3 +195,32 @@ def test_times_are_epoch_aligned(archive: Archive) -> None:
         assert rows and all(ms(r.time) % (step * 1000) == 0 for r in rows)
         assert ms(rows[0].time) >= floor_ms(ms(T_FROM), step * 1000)
         assert at(ms(rows[-1].time)) < T_TO
+
+
+def test_untyped_series_get_counter_maths_and_gauges_none(postgres_server: PostgresServer) -> None:
+    """PromQL's rate() works on an untyped series (47 of node_exporter's families have no TYPE):
+    the archive's increase and rate do too; a series declared a gauge has none."""
+    start = dt.datetime(2024, 6, 1, tzinfo=dt.UTC)
+    points = [(ms(start) + 15_000 * i, float(i * 3 if i < 100 else (i - 100) * 2)) for i in range(240)]  # a reset
+    labels = (("instance", "host:1"), ("job", "node"))
+    untyped = SyntheticSeries("node_vmstat_pgfault", labels, "untyped", points)
+    gauge = SyntheticSeries("node_load1", labels, "gauge", points)
+    policy = Policy(tiers=[Tier(Duration(300), Duration(90 * 86400))])
+    with postgres_server.fresh_database() as dsn:
+        engine = stored_archive(dsn, policy, [untyped, gauge])
+        run_rollups(engine, policy, start + dt.timedelta(hours=2))
+        for step in ("1 minute", "5 minutes", "1 hour"):  # raw, the 5m tier, the 5m tier merged
+            expected = step_stats(points, ms(start), ms(start) + 3600_000, int(dt.timedelta(
+                **{"minutes" if "minute" in step else "hours": int(step.split()[0])}).total_seconds() * 1000))
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text(
+                    "SELECT * FROM perfwatch.series(:m, '{}', :f, :t, CAST(:s AS interval))"),
+                    {"m": untyped.name, "f": start, "t": start + dt.timedelta(hours=1), "s": step}).all()
+                gauges = conn.execute(sa.text(
+                    "SELECT * FROM perfwatch.series(:m, '{}', :f, :t, CAST(:s AS interval))"),
+                    {"m": gauge.name, "f": start, "t": start + dt.timedelta(hours=1), "s": step}).all()
+            assert rows and [ms(r.time) for r in rows] == sorted(expected)
+            assert all(close(r.increase, expected[ms(r.time)].increase) for r in rows), step
+            assert sum(r.resets for r in rows) == 1
+            assert gauges and all(g.increase is None and g.rate is None for g in gauges)
+        engine.dispose()

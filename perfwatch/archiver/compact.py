@@ -8,7 +8,9 @@ window of a series (an hour) into one row of arrays that PostgreSQL compresses
    replayed spool or an import) into their chunks;
 2. packs the head forward from the packed watermark, one stretch per transaction, up to what is
    closed (windows that end at or before `now - policy.rollup_delay`);
-3. drops the head partitions now wholly packed (detached and dropped as retention drops them).
+3. packs each rollup tier's windows (a day of 5m buckets, 12 days of 1h ones) once the tier has
+   rolled past them;
+4. drops the partitions now wholly packed (detached and dropped as retention drops them).
 
 Each transaction moves the watermark only with what it packed, so an interrupted pass (a crash,
 the database going away) resumes where it stopped, and a second pass finds nothing to do. The
@@ -44,7 +46,8 @@ class CompactionRun:
     watermark_after: dt.datetime | None
     chunks: int  # chunks written by packing the head
     late_samples: int  # late samples merged into chunks
-    dropped: list[str]  # head partitions dropped, wholly packed
+    tier_chunks: int  # chunks of tier buckets written
+    dropped: list[str]  # partitions dropped, wholly packed
     seconds: float
 
 
@@ -58,13 +61,30 @@ def run_compaction(engine: sa.Engine, policy: Policy, now: dt.datetime | None = 
             before = db.call_table(conn, "tier_state", "packed")[0].watermark
         late = _merge_late(engine)
         chunks, after = _pack_head(engine, now, delay, before, started)
+        tier_chunks = sum(_pack_tier(engine, tier.name) for tier in policy.tiers)
         retention = RetentionRun([], [], [], 0.0)
         drop_queued(engine, retention)
     seconds = time.monotonic() - started
-    if chunks or late or retention.dropped:
-        log.info("compacted raw samples: %d chunks packed up to %s, %d late samples merged, %d head partitions "
-                 "dropped (%.2fs)", chunks, _show(after), late, len(retention.dropped), seconds)
-    return CompactionRun(before, after, chunks, late, retention.dropped, seconds)
+    if chunks or late or tier_chunks or retention.dropped:
+        log.info("compacted: %d chunks of raw samples packed up to %s, %d late samples merged, %d chunks of tier "
+                 "buckets, %d partitions dropped (%.2fs)", chunks, _show(after), late, tier_chunks,
+                 len(retention.dropped), seconds)
+    return CompactionRun(before, after, chunks, late, tier_chunks, retention.dropped, seconds)
+
+
+def _pack_tier(engine: sa.Engine, tier: str) -> int:
+    """Pack every window of `tier` it has rolled past; the number of chunks written."""
+    chunks = 0
+
+    def step() -> sa.Row[Any]:
+        with engine.begin() as conn:
+            return db.call_table(conn, "compact_tier_next", tier)[0]
+
+    while True:
+        done = db.retry_conflicts(f"packing tier {tier}", step)
+        if done.lo is None or done.hi <= done.lo:
+            return chunks
+        chunks += done.chunks
 
 
 def _merge_late(engine: sa.Engine) -> int:

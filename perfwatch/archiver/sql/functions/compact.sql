@@ -5,11 +5,17 @@
 -- Readers take every raw sample through raw_buckets_sql (below), so what is packed, late or still
 -- in the head reads the same.
 
--- The partitions holding a level's data: for raw, the head's and the packed chunks'.
+-- The level holding a level's packed chunks (a row of perfwatch.tier of its own, for the watermark
+-- and the partitions): 'packed' for raw, 'packed_<tier>' for a rollup tier.
+CREATE OR REPLACE FUNCTION perfwatch.packed_level(p_tier text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN p_tier = 'raw' THEN 'packed' ELSE 'packed_' || p_tier END;
+
+-- The partitions holding a level's data: its table's and its packed chunks'.
 CREATE OR REPLACE FUNCTION perfwatch.level_partitions(p_tier text) RETURNS SETOF perfwatch.partition
     LANGUAGE sql STABLE SET search_path = pg_catalog, perfwatch
     BEGIN ATOMIC
-        SELECT * FROM perfwatch.partition p WHERE p.tier = p_tier OR (p_tier = 'raw' AND p.tier = 'packed');
+        SELECT * FROM perfwatch.partition p WHERE p.tier IN (p_tier, perfwatch.packed_level(p_tier));
     END;
 
 -- The query of every raw sample of [p_lo, p_hi) as bucket rows of one sample each (the shape
@@ -215,4 +221,225 @@ CREATE OR REPLACE FUNCTION perfwatch.is_packed(p_series_id integer, p_ts timesta
 GRANT EXECUTE ON FUNCTION
     perfwatch.level_partitions(text),
     perfwatch.raw_buckets_sql(timestamptz, timestamptz, text)
+TO perfwatch_grafana;
+
+-- Rollup tiers are packed the same way: each closed window of a tier (its partition's width, 288
+-- buckets) becomes one row per series of <table>_chunk, behind the watermark of the level
+-- packed_level(tier) ('packed_5m'), once the tier has rolled past the window. A bucket rolled up
+-- again later (late samples) is merged into its chunk by rollup_range.
+
+-- p_tier's chunk table and level, if missing (create_tier calls it for every tier of the policy).
+-- Bucket i of a chunk is at start + slots[i] resolutions; first and last sample times are ms
+-- after the bucket's start; increase and resets are NULL for a gauge.
+CREATE OR REPLACE FUNCTION perfwatch.create_packed_tier(p_tier text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    t perfwatch.tier;
+    chunk_table text;
+BEGIN
+    SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
+    IF NOT FOUND OR p_tier = 'raw' OR EXISTS (SELECT FROM perfwatch.tier WHERE name = perfwatch.packed_level(p_tier)) THEN
+        RETURN;
+    END IF;
+    chunk_table := t.table_name || '_chunk';
+    EXECUTE format($f$
+        CREATE TABLE perfwatch.%1$I (
+            series_id   integer NOT NULL,
+            start       timestamptz NOT NULL,
+            slots       integer[] NOT NULL,
+            count       integer[] NOT NULL,
+            sum         double precision[] NOT NULL,
+            min         double precision[] NOT NULL,
+            max         double precision[] NOT NULL,
+            first_off   bigint[] NOT NULL,
+            first_value double precision[] NOT NULL,
+            last_off    bigint[] NOT NULL,
+            last_value  double precision[] NOT NULL,
+            increase    double precision[],
+            resets      integer[],
+            PRIMARY KEY (series_id, start)
+        ) PARTITION BY RANGE (start)$f$, chunk_table);
+    EXECUTE format('ALTER TABLE perfwatch.%I ALTER COLUMN slots SET STORAGE MAIN, ALTER COLUMN count SET STORAGE MAIN, '
+                   'ALTER COLUMN sum SET STORAGE MAIN, ALTER COLUMN min SET STORAGE MAIN, '
+                   'ALTER COLUMN max SET STORAGE MAIN, ALTER COLUMN first_off SET STORAGE MAIN, '
+                   'ALTER COLUMN first_value SET STORAGE MAIN, ALTER COLUMN last_off SET STORAGE MAIN, '
+                   'ALTER COLUMN last_value SET STORAGE MAIN, ALTER COLUMN increase SET STORAGE MAIN, '
+                   'ALTER COLUMN resets SET STORAGE MAIN', chunk_table);
+    BEGIN
+        EXECUTE format('ALTER TABLE perfwatch.%I ALTER COLUMN sum SET COMPRESSION lz4, '
+                       'ALTER COLUMN min SET COMPRESSION lz4, ALTER COLUMN max SET COMPRESSION lz4, '
+                       'ALTER COLUMN first_value SET COMPRESSION lz4, ALTER COLUMN last_value SET COMPRESSION lz4, '
+                       'ALTER COLUMN increase SET COMPRESSION lz4', chunk_table);
+    EXCEPTION WHEN feature_not_supported THEN
+        NULL;  -- pglz
+    END;
+    INSERT INTO perfwatch.tier (name, resolution, table_name, partition_width)
+        VALUES (perfwatch.packed_level(p_tier), t.partition_width, chunk_table, t.partition_width);
+END
+$$;
+
+-- The query of p_tier's buckets in [p_lo, p_hi) (bucket rows as merge_buckets_sql reads them, res
+-- the tier's resolution in seconds): from the tier's table from its packed watermark on, from its
+-- chunks before it. p_series as for raw_buckets_sql.
+CREATE OR REPLACE FUNCTION perfwatch.tier_buckets_sql(p_tier text, p_lo timestamptz, p_hi timestamptz, p_series text)
+    RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    t perfwatch.tier;
+    packed perfwatch.tier;
+    packed_before timestamptz;
+    res double precision;
+    only_series text := CASE WHEN p_series IS NULL THEN '' ELSE format(' AND series_id = ANY (%s)', p_series) END;
+    parts text[] := '{}';
+BEGIN
+    SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
+    SELECT * INTO packed FROM perfwatch.tier WHERE name = perfwatch.packed_level(p_tier);
+    packed_before := coalesce(packed.watermark, '-infinity');
+    res := extract(epoch FROM t.resolution);
+    IF p_hi > packed_before THEN
+        parts := parts || format(
+            'SELECT series_id, bucket, %L::double precision AS res, count, sum, min, max, first_ts, first_value, '
+            'last_ts, last_value, increase, resets FROM perfwatch.%I WHERE bucket >= %L AND bucket < %L%s',
+            res, t.table_name, greatest(p_lo, packed_before), p_hi, only_series);
+    END IF;
+    IF p_lo < packed_before THEN
+        parts := parts || format($q$
+            SELECT u.* FROM (
+                SELECT c.series_id, c.start + e.slot * %1$L::interval AS bucket, %2$L::double precision AS res,
+                       e.count, e.sum, e.min, e.max,
+                       c.start + e.slot * %1$L::interval + e.first_off * interval '1 millisecond' AS first_ts,
+                       e.first_value,
+                       c.start + e.slot * %1$L::interval + e.last_off * interval '1 millisecond' AS last_ts,
+                       e.last_value, e.increase, e.resets
+                FROM perfwatch.%3$I c,
+                     unnest(c.slots, c.count, c.sum, c.min, c.max, c.first_off, c.first_value, c.last_off,
+                            c.last_value, c.increase, c.resets)
+                         AS e(slot, count, sum, min, max, first_off, first_value, last_off, last_value, increase, resets)
+                WHERE c.start >= %4$L AND c.start < %5$L%6$s) u
+            WHERE u.bucket >= %7$L AND u.bucket < %5$L$q$,
+            t.resolution, res, packed.table_name, perfwatch.bucket_floor(packed.resolution, p_lo),
+            least(p_hi, packed_before), only_series, p_lo);
+    END IF;
+    IF cardinality(parts) = 0 THEN
+        RETURN format('SELECT series_id, bucket, %L::double precision AS res, count, sum, min, max, first_ts, '
+                      'first_value, last_ts, last_value, increase, resets FROM perfwatch.%I WHERE false',
+                      res, t.table_name);
+    END IF;
+    RETURN array_to_string(parts, ' UNION ALL ');
+END
+$$;
+
+-- Pack the tier buckets p_source yields (p_tier's columns) into its chunks; a bucket already in a
+-- chunk is replaced (a bucket rolled up again). p_merge false: no chunk of these windows exists yet.
+-- Returns the number of chunks written.
+CREATE OR REPLACE FUNCTION perfwatch.pack_buckets(p_tier text, p_source text, p_merge boolean) RETURNS bigint
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch SET work_mem = '64MB' AS $$
+DECLARE
+    t perfwatch.tier;
+    packed perfwatch.tier;
+    source_rows text := p_source;
+    written bigint;
+BEGIN
+    SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
+    SELECT * INTO packed FROM perfwatch.tier WHERE name = perfwatch.packed_level(p_tier);
+    IF p_merge THEN
+        source_rows := format($q$
+            SELECT DISTINCT ON (m.series_id, m.bucket) m.series_id, m.bucket, m.count, m.sum, m.min, m.max, m.first_ts,
+                   m.first_value, m.last_ts, m.last_value, m.increase, m.resets
+            FROM (SELECT s.series_id, s.bucket, s.count, s.sum, s.min, s.max, s.first_ts, s.first_value, s.last_ts,
+                         s.last_value, s.increase, s.resets, 0 AS rank FROM (%1$s) s
+                  UNION ALL
+                  SELECT o.series_id, o.bucket, o.count, o.sum, o.min, o.max, o.first_ts, o.first_value, o.last_ts,
+                         o.last_value, o.increase, o.resets, 1
+                  FROM (%2$s) o
+                  WHERE (o.series_id, perfwatch.bucket_floor(%3$L, o.bucket)) IN
+                        (SELECT DISTINCT s.series_id, perfwatch.bucket_floor(%3$L, s.bucket) FROM (%1$s) s)) m
+            ORDER BY m.series_id, m.bucket, m.rank$q$,
+            p_source, perfwatch.tier_buckets_sql(p_tier, '-infinity', 'infinity', NULL), packed.resolution);
+    END IF;
+    EXECUTE format($q$
+        INSERT INTO perfwatch.%1$I AS c (series_id, start, slots, count, sum, min, max, first_off, first_value,
+                                         last_off, last_value, increase, resets)
+        SELECT r.series_id, r.start,
+               array_agg(r.slot ORDER BY r.bucket), array_agg(r.count ORDER BY r.bucket),
+               array_agg(r.sum ORDER BY r.bucket), array_agg(r.min ORDER BY r.bucket),
+               array_agg(r.max ORDER BY r.bucket), array_agg(r.first_off ORDER BY r.bucket),
+               array_agg(r.first_value ORDER BY r.bucket), array_agg(r.last_off ORDER BY r.bucket),
+               array_agg(r.last_value ORDER BY r.bucket),
+               CASE WHEN bool_or(r.increase IS NOT NULL) THEN array_agg(r.increase ORDER BY r.bucket) END,
+               CASE WHEN bool_or(r.resets IS NOT NULL) THEN array_agg(r.resets ORDER BY r.bucket) END
+        FROM (SELECT s.*, w.start,
+                     round(date_part('epoch', s.bucket - w.start) / %3$L)::integer AS slot,
+                     round(date_part('epoch', s.first_ts - s.bucket) * 1000)::bigint AS first_off,
+                     round(date_part('epoch', s.last_ts - s.bucket) * 1000)::bigint AS last_off
+              FROM (%2$s) s, LATERAL (SELECT perfwatch.bucket_floor(%4$L, s.bucket) AS start) w) r
+        GROUP BY r.series_id, r.start
+        ON CONFLICT (series_id, start) DO UPDATE SET
+            slots = excluded.slots, count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max,
+            first_off = excluded.first_off, first_value = excluded.first_value, last_off = excluded.last_off,
+            last_value = excluded.last_value, increase = excluded.increase, resets = excluded.resets
+        $q$, packed.table_name, source_rows, extract(epoch FROM t.resolution), packed.resolution);
+    GET DIAGNOSTICS written = ROW_COUNT;
+    RETURN written;
+END
+$$;
+
+-- One step of p_tier's compaction: pack its next window the tier has rolled past (behind the
+-- watermark of packed_level(p_tier)), and queue the tier's partitions now wholly packed to be
+-- dropped. Under the rollup lock (the rollups read and write the tier). lo = hi: nothing to do.
+CREATE OR REPLACE FUNCTION perfwatch.compact_tier_next(p_tier text, OUT lo timestamptz, OUT hi timestamptz,
+                                                       OUT chunks bigint)
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    t perfwatch.tier;
+    packed perfwatch.tier;
+    closed_before timestamptz;
+    next_data timestamptz;
+    has_chunks boolean;
+BEGIN
+    LOCK TABLE perfwatch.lock_rollup IN EXCLUSIVE MODE;
+    SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
+    SELECT * INTO packed FROM perfwatch.tier WHERE name = perfwatch.packed_level(p_tier);
+    IF packed IS NULL OR t.watermark IS NULL THEN
+        RETURN;
+    END IF;
+    closed_before := perfwatch.bucket_floor(packed.resolution, t.watermark);
+    lo := coalesce(packed.watermark,
+                   (SELECT perfwatch.bucket_floor(packed.resolution, min(p.lo)) FROM perfwatch.partition p
+                    WHERE p.tier = p_tier));
+    IF lo IS NULL THEN
+        RETURN;
+    END IF;
+    hi := lo;
+    chunks := 0;
+    IF lo < closed_before THEN
+        SELECT perfwatch.bucket_floor(packed.resolution, min(p.lo)) INTO next_data
+            FROM perfwatch.partition p WHERE p.tier = p_tier AND p.hi > compact_tier_next.lo;
+        IF next_data IS NULL OR next_data >= closed_before THEN
+            hi := closed_before;  -- nothing between: past the gap at once
+        ELSE
+            lo := greatest(lo, next_data);
+            hi := lo + packed.resolution;
+            PERFORM perfwatch.ensure_partition(packed.name, lo);
+            EXECUTE format('SELECT EXISTS (SELECT FROM perfwatch.%I WHERE start >= %L AND start < %L)',
+                           packed.table_name, lo, hi) INTO has_chunks;
+            chunks := perfwatch.pack_buckets(p_tier,
+                format('SELECT series_id, bucket, count, sum, min, max, first_ts, first_value, last_ts, last_value, '
+                       'increase, resets FROM perfwatch.%I WHERE bucket >= %L AND bucket < %L', t.table_name, lo, hi),
+                has_chunks);
+        END IF;
+        UPDATE perfwatch.tier SET watermark = hi WHERE name = packed.name;
+    END IF;
+    WITH released AS (
+        DELETE FROM perfwatch.partition p WHERE p.tier = p_tier AND p.hi <= greatest(compact_tier_next.hi, packed.watermark)
+        RETURNING p.*)
+    INSERT INTO perfwatch.partition_drop (table_name, parent, tier, lo, hi)
+        SELECT r.table_name, t.table_name, p_tier, r.lo, r.hi FROM released r
+    ON CONFLICT (table_name) DO NOTHING;
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION
+    perfwatch.packed_level(text),
+    perfwatch.tier_buckets_sql(text, timestamptz, timestamptz, text)
 TO perfwatch_grafana;

@@ -9,9 +9,10 @@ DECLARE
     t perfwatch.tier;
     p_lo timestamptz;
     p_name text;
-    time_column text := CASE p_tier WHEN 'raw' THEN 'ts' WHEN 'packed' THEN 'start' ELSE 'bucket' END;
+    packed boolean := p_tier = 'packed' OR p_tier LIKE 'packed\_%';
+    time_column text := CASE WHEN p_tier = 'raw' THEN 'ts' WHEN packed THEN 'start' ELSE 'bucket' END;
     -- chunks: TOAST compresses a row only once it is longer than this (the default is ~2 kB)
-    storage text := CASE WHEN p_tier = 'packed' THEN ' WITH (toast_tuple_target = 128)' ELSE '' END;
+    storage text := CASE WHEN packed THEN ' WITH (toast_tuple_target = 128)' ELSE '' END;
 BEGIN
     SELECT * INTO t FROM perfwatch.tier WHERE name = p_tier;
     IF NOT FOUND THEN
@@ -90,6 +91,7 @@ BEGIN
         IF known <> p_resolution THEN
             RAISE EXCEPTION 'tier % exists with resolution %, not %', p_name, known, p_resolution;
         END IF;
+        PERFORM perfwatch.create_packed_tier(p_name);  -- a tier made before storage v2
         RETURN p_name;
     END IF;
     EXECUTE format($f$
@@ -111,6 +113,7 @@ BEGIN
     EXECUTE format('CREATE INDEX %I ON perfwatch.%I USING brin (bucket)', t_table || '_bucket_brin', t_table);
     INSERT INTO perfwatch.tier (name, resolution, table_name, partition_width)
         VALUES (p_name, p_resolution, t_table, p_resolution * 288);
+    PERFORM perfwatch.create_packed_tier(p_name);
     RETURN p_name;
 END
 $$;

@@ -153,11 +153,7 @@ BEGIN
         IF seg.level = 0 THEN
             parts := parts || perfwatch.raw_buckets_sql(seg.lo, seg.hi, '$3');
         ELSE
-            parts := parts || format($q$
-                SELECT series_id, bucket, %L::double precision AS res, count, sum, min, max, first_ts, first_value,
-                       last_ts, last_value, increase, resets
-                FROM perfwatch.%I WHERE series_id = ANY ($3) AND bucket >= %L AND bucket < %L$q$,
-                extract(epoch FROM seg.resolution), seg.table_name, seg.lo, seg.hi);
+            parts := parts || perfwatch.tier_buckets_sql(seg.tier, seg.lo, seg.hi, '$3');
         END IF;
     END LOOP;
     IF cardinality(parts) = 0 THEN

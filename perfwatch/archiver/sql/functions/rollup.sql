@@ -20,6 +20,7 @@ DECLARE
     source_rows text;
     part timestamptz;
     written bigint;
+    packed_before timestamptz;
 BEGIN
     SELECT tt.* INTO t FROM perfwatch.tier tt WHERE tt.name = p_tier;
     SELECT s.* INTO src FROM perfwatch.archive_policy p
@@ -42,11 +43,7 @@ BEGIN
     IF src.name = 'raw' THEN
         source_rows := perfwatch.raw_buckets_sql(p_lo, p_hi, NULL);
     ELSE
-        source_rows := format($q$
-            SELECT series_id, bucket, %L::double precision AS res, count, sum, min, max, first_ts, first_value,
-                   last_ts, last_value, increase, resets
-            FROM perfwatch.%I WHERE bucket >= %L AND bucket < %L$q$,
-            extract(epoch FROM src.resolution), src.table_name, p_lo, p_hi);
+        source_rows := perfwatch.tier_buckets_sql(src.name, p_lo, p_hi, NULL);
     END IF;
     EXECUTE format($q$
         INSERT INTO perfwatch.%1$I AS t
@@ -68,6 +65,16 @@ BEGIN
                excluded.last_ts, excluded.last_value, excluded.increase, excluded.resets)
         $q$, t.table_name, perfwatch.merge_buckets_sql(source_rows, t.resolution, false));
     GET DIAGNOSTICS written = ROW_COUNT;
+    -- Buckets of windows already packed (rolled up again for late samples) go into their chunks.
+    SELECT watermark INTO packed_before FROM perfwatch.tier WHERE name = perfwatch.packed_level(p_tier);
+    IF p_lo < packed_before THEN
+        EXECUTE format('CREATE TEMPORARY TABLE perfwatch_repacked ON COMMIT DROP AS WITH moved AS ('
+                       'DELETE FROM perfwatch.%I WHERE bucket >= %L AND bucket < %L RETURNING *) SELECT * FROM moved',
+                       t.table_name, p_lo, least(p_hi, packed_before));
+        PERFORM perfwatch.pack_buckets(p_tier, 'SELECT series_id, bucket, count, sum, min, max, first_ts, first_value, '
+                                       'last_ts, last_value, increase, resets FROM perfwatch_repacked', true);
+        DROP TABLE perfwatch_repacked;
+    END IF;
     RETURN written;
 END
 $$;
