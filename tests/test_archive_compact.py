@@ -312,3 +312,28 @@ def test_a_migrate_killed_while_packing_resumes_without_loss(postgres_server: Po
             assert conn.execute(sa.text("SELECT count(*) FROM (SELECT series_id, start FROM perfwatch.sample_chunk "
                                         "GROUP BY 1, 2 HAVING count(*) > 1) d")).scalar() == 0
         engine.dispose()
+
+
+def test_retention_drops_packed_partitions_once_the_next_tier_has_them(postgres_server: PostgresServer) -> None:
+    from perfwatch.archiver.retention import run_retention
+    with postgres_server.fresh_database() as dsn:
+        engine = stored_archive(dsn, POLICY, DATA)
+        later = END + dt.timedelta(hours=2)
+        run_compaction(engine, POLICY, later)
+        run_rollups(engine, POLICY, later)
+        run_compaction(engine, POLICY, later)  # the 5m tier's closed days
+        before = read_everything(engine)
+        gone = END + dt.timedelta(days=40)  # raw (30 d) has expired, the 5m tier (90 d) has not
+        run_rollups(engine, POLICY, gone)
+        dropped = run_retention(engine, POLICY, gone).dropped
+        assert {"sample_chunk_20240501", "sample_chunk_20240502", "sample_chunk_20240503"} <= set(dropped)
+        assert not any(name.startswith("rollup_5m") for name in dropped)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM perfwatch.sample_chunk")).scalar_one() == 0
+            assert conn.execute(sa.text("SELECT count(*) FROM perfwatch.rollup_5m_chunk")).scalar_one() > 0
+        after = read_everything(engine)
+        # steps the 5m tier serves read the same from its chunks; finer ones now come from it too
+        for key in before:
+            if key.endswith(("5 minutes", "15 minutes", "1 hour", "1 day")):
+                assert same(after[key], before[key]), key
+        engine.dispose()
