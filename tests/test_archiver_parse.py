@@ -136,8 +136,7 @@ def perfwatch_body() -> str:
 @pytest.fixture(scope="module")
 def node_body() -> str:
     body = node_exporter_exposition()
-    if body is None:
-        pytest.skip("prometheus-node-exporter is not installed")
+    assert body is not None, "prometheus-node-exporter is missing: scripts/test installs it"
     return body
 
 

@@ -183,7 +183,7 @@ def host_series(i: int) -> tuple[str, str, tuple[tuple[str, str], ...]]:
     """Series i of a host-like mix (name, kind, labels): 30 % CPU-seconds counters (two decimals),
     20 % byte counters, 15 % operation counters, 15 % memory gauges (pages), 10 % filesystem
     gauges (change now and then), 10 % constants (sizes, limits, info)."""
-    kind = HOST_KINDS[next(k for k, bound in enumerate((30, 50, 65, 80, 90, 100)) if i % 100 < bound)]
+    kind = HOST_KINDS[next(k for k, bound in enumerate((6, 10, 13, 16, 18, 20)) if i % 20 < bound)]
     name = {"cpu_seconds": "bench_cpu_seconds_total", "bytes": "bench_network_bytes_total",
             "ops": "bench_disk_ops_total", "memory": "bench_memory_bytes", "filesystem": "bench_filesystem_free_bytes",
             "constant": "bench_limit_bytes"}[kind]
@@ -280,7 +280,8 @@ def tsdb_bytes(series: int, days: float, start: dt.datetime, workdir: Path) -> t
 
 
 def sizes(engine: sa.Engine) -> dict[str, tuple[int, int, int]]:
-    """Level → (rows, bytes, raw samples represented); raw's rows are head rows, late rows and chunks."""
+    """Level → (rows, bytes, raw samples represented): raw's rows are head rows, late rows and
+    chunks; a tier's are its buckets, in its table or packed."""
     out = {}
     with engine.connect() as conn:
         for level, tier, table_name in conn.execute(sa.text(
@@ -292,9 +293,12 @@ def sizes(engine: sa.Engine) -> dict[str, tuple[int, int, int]]:
                     "+ (SELECT count(*) FROM perfwatch.sample_chunk), (SELECT count(*) FROM perfwatch.sample) "
                     "+ (SELECT count(*) FROM perfwatch.sample_late) "
                     "+ (SELECT coalesce(sum(samples), 0) FROM perfwatch.sample_chunk)")).one()
-            else:
+            else:  # buckets in the tier's table and in its chunks
                 rows, represented = conn.execute(sa.text(
-                    f"SELECT count(*), sum(count) FROM perfwatch.{table_name}")).one()
+                    f"SELECT (SELECT count(*) FROM perfwatch.{table_name}) "
+                    f"+ (SELECT coalesce(sum(cardinality(slots)), 0) FROM perfwatch.{table_name}_chunk), "
+                    f"(SELECT coalesce(sum(count), 0) FROM perfwatch.{table_name}) "
+                    f"+ (SELECT coalesce(sum(c), 0) FROM perfwatch.{table_name}_chunk, unnest(count) c)")).one()
             size = conn.execute(sa.text(
                 "SELECT coalesce(sum(pg_total_relation_size(format('perfwatch.%I', table_name)::regclass)), 0) "
                 "FROM perfwatch.level_partitions(:t)"), {"t": tier}).scalar_one()
@@ -329,6 +333,9 @@ def bench_storage_and_rollup(server: Server, args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         runs = run_rollups(engine, Policy(), now)
         rollup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tiers_packed = run_compaction(engine, Policy(), now)  # the next pass packs the 5m tier's closed day
+        pack_tiers_s = time.perf_counter() - t0
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
         packed = database_bytes(dsn) - empty
@@ -337,7 +344,8 @@ def bench_storage_and_rollup(server: Server, args: argparse.Namespace) -> None:
             tsdb_chunks, tsdb_all, tsdb_s = tsdb_bytes(args.series, 1, START, Path(tmp))
         print(f"\nstorage: one day of {args.series} host-like series every 15 s ({stored:,} samples; written in "
               f"{load_s:.1f} s, {stored / load_s:,.0f} samples/s through Store)")
-        rows: list[tuple[str, ...]] = [("level", "rows", "bytes", "bytes/row", "bytes/raw sample")]
+        rows: list[tuple[str, ...]] = [("level", "rows or buckets", "bytes", "bytes/row or bucket",
+                                        "bytes/raw sample")]
         for tier, (n, size, represented) in sz.items():
             rows.append((tier, f"{n:,}", f"{size:,}", f"{size / n:.1f}", f"{size / represented:.2f}"))
         print(table(rows))
@@ -358,6 +366,8 @@ def bench_storage_and_rollup(server: Server, args: argparse.Namespace) -> None:
             print(f"ratio raw after compaction / TSDB block: {raw_bytes / tsdb_all:.2f}")
         print(f"\ncompaction of that day: {compact_s:.1f} s ({compaction.chunks:,} chunks, "
               f"{stored / compact_s:,.0f} samples/s)")
+        print(f"packing the tiers' closed windows (the 5m tier's day): {pack_tiers_s:.1f} s "
+              f"({tiers_packed.tier_chunks:,} chunks)")
         print(f"rollup of that day: {rollup_s:.1f} s "
               f"(5m: {runs[0].seconds:.1f} s, {runs[0].buckets_written:,} buckets in {runs[0].chunks} chunks; "
               f"1h: {runs[1].seconds:.1f} s, {runs[1].buckets_written:,} buckets), "
@@ -389,35 +399,47 @@ def bench_read(server: Server, args: argparse.Namespace) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
         query = sa.text("SELECT * FROM perfwatch.series(:m, '{}', :f, :t, '1 hour')")
-        # Timed on the server (the client only counts the rows): parsing 17,520 rows into Python
-        # objects costs more than producing them, and Grafana's client is not Python.
-        counted = sa.text("SELECT count(*) FROM perfwatch.series(:m, '{}', :f, :t, '1 hour')")
-
-        def run(statement: sa.TextClause, metric: str) -> Callable[[], list[Any]]:
-            def go() -> list[Any]:
-                with engine.connect() as conn:
-                    return list(conn.execute(statement, {"m": metric, "f": start, "t": START}))
-            return go
-
         print(f"\nread: a year of {args.read_series} series every minute ({stored:,} samples, written in "
               f"{load_s:.0f} s), perfwatch.series() at a 1h step, median of {args.repeat}")
-        rows = [("metric", "rows", "from the 1h tier", "from raw", "ratio", "(with the client: tier, raw)")]
-        for metric, field in (("bench_cpu_seconds_total", "rate"), ("bench_temperature_celsius", "avg")):
-            mirror_policy(engine, year)
-            tier_s, _ = timed(run(counted, metric), args.repeat)
-            tier_all_s, tier_rows = timed(run(query, metric), 1)
-            mirror_policy(engine, Policy(raw_retention=Duration(400 * 86400), tiers=[]))  # raw only
-            raw_s, _ = timed(run(counted, metric), args.repeat)
-            raw_all_s, raw_rows = timed(run(query, metric), 1)
-            assert len(tier_rows) == len(raw_rows) > 0
-            for a, b in zip(tier_rows, raw_rows, strict=True):
-                assert a.time == b.time and math.isclose(getattr(a, field), getattr(b, field), rel_tol=1e-9), (a, b)
-            rows.append((f"{metric} ({field})", f"{len(tier_rows):,}", f"{tier_s * 1000:.0f} ms",
-                         f"{raw_s * 1000:.0f} ms", f"{tier_s / raw_s:.3f}",
-                         f"{tier_all_s * 1000:.0f} ms, {raw_all_s * 1000:.0f} ms"))
-        print(table(rows))
-        print("(the two answers are equal to a relative 1e-9)")
+        read_year(engine, year, query, start, args)
+        t0 = time.perf_counter()
+        run_compaction(engine, year, START + dt.timedelta(minutes=2))
+        print(f"\n... the same after compaction (raw and the tiers' closed windows packed, "
+              f"{time.perf_counter() - t0:.0f} s):")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        read_year(engine, year, query, start, args)
         engine.dispose()
+
+
+def read_year(engine: sa.Engine, year: Policy, query: sa.TextClause, start: dt.datetime,
+              args: argparse.Namespace) -> None:
+    # Timed on the server (the client only counts the rows): parsing 17,520 rows into Python
+    # objects costs more than producing them, and Grafana's client is not Python.
+    counted = sa.text("SELECT count(*) FROM perfwatch.series(:m, '{}', :f, :t, '1 hour')")
+
+    def run(statement: sa.TextClause, metric: str) -> Callable[[], list[Any]]:
+        def go() -> list[Any]:
+            with engine.connect() as conn:
+                return list(conn.execute(statement, {"m": metric, "f": start, "t": START}))
+        return go
+
+    rows = [("metric", "rows", "from the 1h tier", "from raw", "ratio", "(with the client: tier, raw)")]
+    for metric, field in (("bench_cpu_seconds_total", "rate"), ("bench_memory_bytes", "avg")):
+        mirror_policy(engine, year)
+        tier_s, _ = timed(run(counted, metric), args.repeat)
+        tier_all_s, tier_rows = timed(run(query, metric), 1)
+        mirror_policy(engine, Policy(raw_retention=Duration(400 * 86400), tiers=[]))  # raw only
+        raw_s, _ = timed(run(counted, metric), args.repeat)
+        raw_all_s, raw_rows = timed(run(query, metric), 1)
+        assert len(tier_rows) == len(raw_rows) > 0
+        for a, b in zip(tier_rows, raw_rows, strict=True):
+            assert a.time == b.time and math.isclose(getattr(a, field), getattr(b, field), rel_tol=1e-9), (a, b)
+        rows.append((f"{metric} ({field})", f"{len(tier_rows):,}", f"{tier_s * 1000:.0f} ms",
+                     f"{raw_s * 1000:.0f} ms", f"{tier_s / raw_s:.3f}",
+                     f"{tier_all_s * 1000:.0f} ms, {raw_all_s * 1000:.0f} ms"))
+    print(table(rows))
+    print("(the two answers are equal to a relative 1e-9)")
 
 
 def main() -> None:
@@ -426,7 +448,7 @@ def main() -> None:
                         "(storage includes the rollup timing)")
     parser.add_argument("--series", type=int, default=1000, help="series per scrape (ingest, storage, rollup)")
     parser.add_argument("--batches", type=int, default=300, help="scrapes written in the ingest section")
-    parser.add_argument("--read-series", type=int, default=10, help="series with a year of data (read)")
+    parser.add_argument("--read-series", type=int, default=20, help="series with a year of data (read)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each read")
     args = parser.parse_args()
     sections = {s.strip() for s in args.only.split(",")}
