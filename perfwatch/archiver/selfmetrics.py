@@ -35,6 +35,11 @@ class ArchiverMetrics:
             PREFIX + "scrape_failures_total",
             "Failed scrapes per target and reason (unreachable, timeout, http_status, malformed).",
             [*TARGET, "reason"], registry=r)
+        self.scrapes_skipped = Counter(
+            PREFIX + "scrapes_skipped",
+            "Scheduled scrapes not run, per target and reason: still_running (the previous scrape of the target "
+            "was still running), missed (it could not start in time: the archiver is overloaded).",
+            [*TARGET, "reason"], registry=r)
         self.target_up = Gauge(PREFIX + "target_up", "1 if the target's last scrape succeeded, else 0.",
                                TARGET, registry=r)
         self.scrape_duration = Gauge(PREFIX + "scrape_duration_seconds", "How long the target's last scrape took.",
@@ -70,6 +75,8 @@ class ArchiverMetrics:
 
         # Set by the service once the store exists: its counts of samples not stored, by reason.
         self.store_dropped: Callable[[], Mapping[str, int]] | None = None
+        # Set by the service when it scrapes in worker processes: (workers running, restarts so far).
+        self.scrape_workers: Callable[[], tuple[int, int]] | None = None
         self._watermarks: dict[str, float] = {}
         self._lock = threading.Lock()
         r.register(_Computed(self, spool))
@@ -90,7 +97,7 @@ class ArchiverMetrics:
 
 
 class _Computed:
-    """Values read when /metrics is scraped: spool state, rollup lag, build info."""
+    """Values read when /metrics is scraped: spool state, scrape workers, rollup lag, build info."""
 
     def __init__(self, metrics: ArchiverMetrics, spool: Spool | None) -> None:
         self.metrics = metrics
@@ -110,6 +117,13 @@ class _Computed:
             age = 0.0 if stats.oldest_ms is None else max(0.0, now - stats.oldest_ms / 1000)
             yield GaugeMetricFamily(PREFIX + "spool_oldest_age_seconds",
                                     "Age of the oldest batch not yet in the database (0 when none).", value=age)
+            yield GaugeMetricFamily(PREFIX + "spool_memory_bytes",
+                                    "Disk bytes of the spooled batches the writer also has in memory (the rest it "
+                                    "reads back from disk).", value=stats.memory_bytes)
+            yield CounterMetricFamily(PREFIX + "spool_read_back_batches",
+                                      "Batches the writer read back from the spool's disk: spooled before this start, "
+                                      "or while the memory queue was full (spool.memory_bytes).",
+                                      value=self.spool.read_back)
             yield CounterMetricFamily(PREFIX + "spool_dropped_batches",
                                       "Batches lost: dropped because the spool reached max_bytes (oldest first), "
                                       "or not spooled because the disk failed.", value=self.spool.dropped_batches)
@@ -126,6 +140,12 @@ class _Computed:
         for reason in sorted({*DROP_REASONS, *counts}):
             dropped.add_metric([reason], counts.get(reason, 0))
         yield dropped
+        running, restarts = self.metrics.scrape_workers() if self.metrics.scrape_workers else (0, 0)
+        yield GaugeMetricFamily(PREFIX + "scrape_workers",
+                                "Scrape worker processes running (scrape.workers; 0: scrapes run in the archiver's "
+                                "own process).", value=running)
+        yield CounterMetricFamily(PREFIX + "scrape_worker_restarts",
+                                  "Scrape worker processes started again after they died or hung.", value=restarts)
         lag = GaugeMetricFamily(PREFIX + "rollup_lag_seconds",
                                 "Now minus the tier's watermark (how far rollups are behind).", labels=["tier"])
         for tier, watermark in sorted(self.metrics.watermarks().items()):

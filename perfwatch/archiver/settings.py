@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from perfwatch.archiver.policy import Policy
 from perfwatch.archiver.scrape import LABEL_NAME_RE, ScrapeLimits, Target, default_instance
 from perfwatch.archiver.scrapeauth import AuthorizationConfig, BasicAuthConfig, TLSClientConfig, validate_client_auth
-from perfwatch.archiver.spool import DEFAULT_MAX_BYTES
+from perfwatch.archiver.spool import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BYTES
 from perfwatch.common.config import ConfigError, Duration, Size, from_mapping, load_yaml, parse_listen
 from perfwatch.common.httpserver import MAX_CONNECTIONS, check_max_connections
 
@@ -26,6 +26,7 @@ DEFAULT_LIMITS = ScrapeLimits(body_size_limit=50 << 20, sample_limit=200_000, la
                               label_name_length_limit=1024, label_value_length_limit=16 << 10)
 LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(ScrapeLimits))
 LogLevel = Literal["debug", "info", "warning", "error"]
+MAX_WORKERS = 64  # scrape worker processes; more is a typo (each takes ~35 MB of memory, measured)
 
 
 @dataclasses.dataclass
@@ -125,10 +126,25 @@ def check_dsn(dsn: str, key: str) -> None:
 class SpoolSettings:
     max_bytes: Size = dataclasses.field(default=Size(DEFAULT_MAX_BYTES), metadata={
         "help": "Most disk the spool may use; when full, the oldest batches are dropped (logged, counted)."})
+    memory_bytes: Size = dataclasses.field(default=Size(DEFAULT_MEMORY_BYTES), metadata={
+        "help": "Spooled batches up to this size (on disk) are kept in memory too, so the writer need not read "
+                "them back (1.5 to 5 times as much RAM); past it they wait on disk only. 0: always read back."})
 
     def validate(self, key: str) -> None:
         if self.max_bytes < 1 << 16:
             raise ConfigError(f"{key}.max_bytes", "must be at least 65536")
+
+
+@dataclasses.dataclass
+class ScrapeSettings:
+    workers: int = dataclasses.field(default=0, metadata={
+        "help": "Worker processes that scrape and parse (spawned; each target always in the same one). 0: in the "
+                "archiver's own process. More than one core's worth of parsing needs more than 0."})
+
+    def validate(self, key: str) -> None:
+        if not 0 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"{key}.workers", f"must be 0 (scrape in the archiver's process) to {MAX_WORKERS}, "
+                              f"not {self.workers}")
 
 
 @dataclasses.dataclass
@@ -167,6 +183,7 @@ class ArchiverSettings:
     database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
     policy: Policy = dataclasses.field(default_factory=Policy)
     spool: SpoolSettings = dataclasses.field(default_factory=SpoolSettings)
+    scrape: ScrapeSettings = dataclasses.field(default_factory=ScrapeSettings)
     schedule: ScheduleSettings = dataclasses.field(default_factory=ScheduleSettings)
 
     def validate(self, key: str) -> None:

@@ -1,36 +1,73 @@
-"""What the archiver adds to each scrape on its way to PostgreSQL, against the store write itself.
+"""What the archiver costs on its way to PostgreSQL, and how much one archiver keeps up with.
 
-    .venv/bin/python tests/bench/bench_archiver.py [--batches 300] [--segment-mib 8]
+    .venv/bin/python tests/bench/bench_archiver.py [stages] [--batches 300] [--segment-mib 8]
+    .venv/bin/python tests/bench/bench_archiver.py cpu [--targets 40] [--series 1000] [--interval 5]
+                                                   [--workers 0 2] [--seconds 60] [--prometheus]
+    .venv/bin/python tests/bench/bench_archiver.py ramp [--targets 40] [--series 1000] [--interval 5]
+                                                   [--workers 0 2] [--seconds 60] [--bisect 1]
 
-One real exposition (a perfwatch-exporter process with its default collectors, fetched once) is
-turned into `--batches` batches, each with its own timestamp, and sent down the archiver's path
-batch by batch, every stage timed separately:
+**stages**: one real exposition (a perfwatch-exporter process with its default collectors, fetched
+once) is turned into `--batches` batches, each with its own timestamp, and sent down the
+archiver's path batch by batch, every stage timed separately:
 
-* parse:   archiver.scrape.parse_exposition (prometheus_client's parser, labels, kinds);
+* parse:   archiver.scrape.parse_exposition (the parser scrape.py uses, labels, kinds);
 * append:  Spool.append — JSON line, write, flush, fsync (the write-ahead step);
-* replay:  Spool.peek + Spool.commit — read the line back, parse the JSON, move the head;
+* replay:  Spool.peek + Spool.commit from the spool's memory queue (the batch just appended);
+* replay from disk: the same with `memory_bytes=0` — read the line back, decode the JSON, move the
+  head (what a restart with a backlog, or a backlog past spool.memory_bytes, costs);
+* worker return: what the archiver's process pays for a batch a scrape worker parsed (unpickle the
+  packed batch, rebuild it: workers.unpack);
 * store:   Store.write — the peer: COPY into PostgreSQL, one transaction per batch.
 
-The spool and PostgreSQL's data directory are on the same filesystem (a temporary directory).
-Printed: the median per batch of each stage, samples per second, and the ratio of the archiver's
-own work (parse + append + replay) to the store write measured in the same run.
+**cpu**: a real archiver process (`python -m perfwatch.archiver`, spool in a temporary directory)
+scrapes `--targets` synthetic targets of `--series` samples each every `--interval` seconds, once
+for each `--workers` value, writing to an embedded PostgreSQL of the bench's own (a fresh database
+each time). The targets are served by one process of the bench's (asyncio, bodies built once; only
+a scrape-number line changes). After a warm-up (every target's series created and written), for
+`--seconds`: CPU from /proc of the archiver (its process, the scrape workers and any child it
+reaped) and of PostgreSQL (postmaster, backends, reaped ones), in ms per 1,000 samples written.
+With `--prometheus`, Prometheus (Debian's `prometheus`, when installed) then scrapes the same
+targets for as long, alone, and its CPU per 1,000 samples served is printed beside.
+
+**ramp**: the highest rate one archiver keeps up with, per `--workers` value: `--targets` targets
+of `--series` samples, scraped every `--interval` s at first, the interval halved (the offered
+rate doubled) until a point fails, then `--bisect` times the rate midway between the best pass and
+the first failure. The rate is ramped by the interval, not by adding targets, so that one database
+serves the whole ramp and its series are created once, at the first point: a point with new
+series measures how fast the store creates series (160,000 took minutes), not how fast the
+archiver keeps up. A point passes ("keeps up") when the written rate is ≥ 98 % of the offered rate
+(targets x samples / interval), the spool did not grow over the window, and no scrape was skipped
+or failed.
+
+Printed: which parser scrape.py uses, the machine's CPUs and load, and one table per mode.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import pickle
 import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import requests
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from support.exposition import samples as exposed_samples  # noqa: E402
 from support.procs import Service, free_port, python_module  # noqa: E402
 
 from perfwatch.archiver.db import make_engine  # noqa: E402
@@ -40,6 +77,29 @@ from perfwatch.archiver.policy import Policy, mirror_policy  # noqa: E402
 from perfwatch.archiver.scrape import parse_exposition  # noqa: E402
 from perfwatch.archiver.spool import Spool  # noqa: E402
 from perfwatch.archiver.store import Store  # noqa: E402
+from perfwatch.archiver.workers import pack, unpack  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+KEEP_UP = 0.98  # written / offered at least this, for a point to pass
+WARM_UP_S = 180  # longest wait for an archiver to have written its first scrapes' backlog
+MIN_INTERVAL = 0.1  # seconds: the ramp stops halving the interval here
+
+
+def parser_in_use() -> str:
+    scrape_py = (REPO / "perfwatch" / "archiver" / "scrape.py").read_text()
+    if (REPO / "perfwatch" / "archiver" / "parse.py").exists() and "archiver.parse" in scrape_py:
+        return "perfwatch.archiver.parse (the fast parser)"
+    return "prometheus_client.parser (pure Python; perfwatch/archiver/parse.py " + (
+        "exists but scrape.py does not use it)" if (REPO / "perfwatch" / "archiver" / "parse.py").exists()
+        else "not there)")
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+
+
+# -- stages ---------------------------------------------------------------------------------------
 
 
 def fetch_exposition(workdir: Path) -> str:
@@ -53,12 +113,7 @@ def fetch_exposition(workdir: Path) -> str:
         exporter.stop()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, default=300)
-    parser.add_argument("--segment-mib", type=int, default=8, help="spool segment size")
-    args = parser.parse_args()
-
+def stages(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="perfwatch-bench-archiver-") as tmp:
         workdir = Path(tmp)
         text = fetch_exposition(workdir)
@@ -69,9 +124,12 @@ def main() -> int:
             mirror_policy(engine, Policy())
             store = Store(engine)
             spool = Spool(workdir / "spool", max_bytes=1 << 34, segment_bytes=args.segment_mib << 20)
+            disk = Spool(workdir / "spool-disk", max_bytes=1 << 34, segment_bytes=args.segment_mib << 20,
+                         memory_bytes=0)
             labels = {"job": "perfwatch", "instance": "127.0.0.1:10280"}
             start_ms = int(time.time() * 1000) - args.batches * 15_000
-            timings: dict[str, list[float]] = {"parse": [], "append": [], "replay": [], "store": []}
+            timings: dict[str, list[float]] = {"parse": [], "append": [], "replay": [], "replay from disk": [],
+                                               "worker return": [], "store": []}
             samples = 0
             for i in range(args.batches):
                 t0 = time.perf_counter()
@@ -86,22 +144,37 @@ def main() -> int:
                 t4 = time.perf_counter()
                 spool.commit(entry)
                 t5 = time.perf_counter()
+                disk.append(batch)
+                t6 = time.perf_counter()
+                on_disk = disk.peek()
+                assert on_disk is not None
+                disk.commit(on_disk)
+                t7 = time.perf_counter()
+                assert on_disk.batch == batch
+                packed = pickle.dumps(pack(batch), protocol=pickle.HIGHEST_PROTOCOL)
+                t8 = time.perf_counter()
+                unpack(pickle.loads(packed))
+                t9 = time.perf_counter()
                 timings["parse"].append(t1 - t0)
                 timings["append"].append(t2 - t1)
                 timings["replay"].append((t3 - t2) + (t5 - t4))
                 timings["store"].append(t4 - t3)
+                timings["replay from disk"].append(t7 - t6)
+                timings["worker return"].append(t9 - t8)
                 samples = len(batch.samples)
             spool.close()
+            disk.close()
         finally:
             engine.dispose()
             pg.stop()
 
     medians = {stage: statistics.median(values) for stage, values in timings.items()}
+    print(f"parser: {parser_in_use()}; {machine()}")
     print(f"exposition: {len(text)} bytes, {samples} samples per batch, {args.batches} batches "
           f"(spool line {len(batch.to_json().encode()) / 1024:.1f} KiB)")
-    print(f"{'stage':<8} {'median ms/batch':>16} {'samples/s':>12}")
+    print(f"{'stage':<17} {'median ms/batch':>16} {'samples/s':>12}")
     for stage, median in medians.items():
-        print(f"{stage:<8} {median * 1000:>16.3f} {samples / median:>12,.0f}")
+        print(f"{stage:<17} {median * 1000:>16.3f} {samples / median:>12,.0f}")
     own = medians["parse"] + medians["append"] + medians["replay"]
     whole = own + medians["store"]
     print(f"archiver's own work (parse + append + replay): {own * 1000:.3f} ms/batch")
@@ -109,7 +182,404 @@ def main() -> int:
     print(f"ratio own work / store write: {own / medians['store']:.2f}")
     spool_cost = medians["append"] + medians["replay"]
     print(f"ratio spool (append + replay) / store write: {spool_cost / medians['store']:.2f}")
+    in_process = medians["append"] + medians["replay"] + medians["store"]
+    print(f"archiver process with workers (worker return + append + replay + store): "
+          f"{(in_process + medians['worker return']) * 1000:.3f} ms/batch, "
+          f"{samples / (in_process + medians['worker return']):,.0f} samples/s on its core")
     return 0
+
+
+# -- synthetic targets (a process of their own) ------------------------------------------------
+
+
+def target_body(series: int) -> tuple[bytes, bytes]:
+    """A host-like exposition of `series` samples (+1, the scrape number that goes between the two
+    halves): families of 20 series with two labels, counters with decimals, gauges, a histogram."""
+    lines: list[str] = []
+    count = 0
+    family = 0
+    while count < series:
+        kind = ("counter", "gauge", "histogram")[family % 3]
+        name = f"bench_family_{family}" + ("_seconds_total" if kind == "counter" else "_bytes" if kind == "gauge"
+                                           else "_duration_seconds")
+        lines += [f"# HELP {name} Synthetic family {family} for the archiver bench.", f"# TYPE {name} {kind}"]
+        if kind == "histogram":
+            for device in range(min(2, max(1, (series - count) // 7))):
+                for le in ("0.005", "0.05", "0.5", "5", "+Inf"):
+                    lines.append(f'{name}_bucket{{device="sd{device}",le="{le}"}} {count * 3 + device}')
+                lines.append(f'{name}_sum{{device="sd{device}"}} {count * 0.37:.3f}')
+                lines.append(f'{name}_count{{device="sd{device}"}} {count * 3 + device}')
+                count += 7
+        else:
+            for i in range(min(20, series - count)):
+                value = f"{(family * 7919 + i * 104729) % 10_000_000 / 100:.2f}" if kind == "counter" \
+                    else f"{((family + 1) * (i + 3) * 4096) % 2**34}"
+                lines.append(f'{name}{{cpu="{i % 8}",mode="mode{i // 8}"}} {value}')
+                count += 1
+        family += 1
+    head = "\n".join(lines) + "\n# TYPE bench_scrape_number gauge\nbench_scrape_number "
+    return head.encode(), b"\n"
+
+
+def samples_in(series: int) -> int:
+    head, _ = target_body(series)
+    return sum(1 for line in head.decode().splitlines() if line and not line.startswith("#")) + 1
+
+
+async def _serve_targets(port: int, series: int) -> None:
+    head, tail = target_body(series)
+    served: dict[str, int] = {}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await reader.readuntil(b"\r\n\r\n")
+                path = request.split(b" ", 2)[1].decode()
+                if path == "/stats":
+                    body = json.dumps(served).encode()
+                else:
+                    n = served.get(path, 0)
+                    served[path] = n + 1
+                    body = head + str(n).encode() + tail
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+class Targets:
+    """The synthetic targets: `/t/<i>` on one port, served by a child process."""
+
+    def __init__(self, workdir: Path, series: int) -> None:
+        self.port = free_port()
+        self.series = series
+        self.per_scrape = samples_in(series)
+        self.service = Service([sys.executable, __file__, "serve", "--port", str(self.port), "--series", str(series)],
+                               workdir / "targets.log", ready_url=f"http://127.0.0.1:{self.port}/stats")
+
+    def __enter__(self) -> Targets:
+        self.service.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.service.stop()
+
+    def url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.port}/t/{i}"
+
+    def served(self) -> int:
+        """Samples served so far, all targets together."""
+        counts: dict[str, int] = requests.get(f"http://127.0.0.1:{self.port}/stats", timeout=10).json()
+        return sum(counts.values()) * self.per_scrape
+
+    @property
+    def pid(self) -> int:
+        assert self.service.proc is not None
+        return self.service.proc.pid
+
+
+# -- CPU from /proc --------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, list[str]]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[1]), fields  # ppid, fields from "state" on
+
+
+def cpu_seconds(root: int) -> float:
+    return sum(cpu_split(root))
+
+
+def cpu_split(root: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of `root` itself, and of its children: every live descendant,
+    and those `root` reaped (cutime, cstime)."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid, fields = _stat(int(entry.name))
+                children.setdefault(ppid, []).append(int(entry.name))
+                stats[int(entry.name)] = fields
+    own = descendants = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        found = stats.get(pid)
+        if found is None:
+            continue
+        # utime, stime, cutime, cstime: fields 14-17 of stat, 11-14 counted from "state" (0)
+        ticks = [int(f) for f in found[11:15]]
+        if pid == root:
+            own += ticks[0] + ticks[1]
+            descendants += ticks[2] + ticks[3]
+        else:
+            descendants += sum(ticks)
+        todo += children.get(pid, [])
+    return own / CLK_TCK, descendants / CLK_TCK
+
+
+# -- one point: an archiver (or Prometheus) against the targets for a while ----------------------
+
+
+@dataclasses.dataclass
+class Point:
+    who: str
+    targets: int
+    interval: float
+    offered: float  # samples/s the targets would serve on schedule
+    written: float  # samples/s the archiver wrote (Prometheus: samples/s served to it)
+    cpu_ms: float  # per 1,000 samples (archiver: written; Prometheus: served), its children included
+    pg_ms: float  # PostgreSQL's, per 1,000 samples written
+    workers_ms: float = 0.0  # of cpu_ms, the scrape workers' (the archiver's children)
+    spool_growth: int = 0
+    skipped: int = 0
+    failed: int = 0
+    oldest_age: float = 0.0
+    note: str = ""
+
+    @property
+    def keeps_up(self) -> bool:
+        return (self.written >= KEEP_UP * self.offered and self.skipped == 0 and self.failed == 0
+                and self.spool_growth <= max(2, self.targets // 10))
+
+
+def scrape_metrics(url: str) -> dict[str, float]:
+    """Sums per metric name of the archiver's /metrics (labels summed over)."""
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    found: dict[str, float] = {}
+    for s in exposed_samples(text):
+        found[s.name] = found.get(s.name, 0.0) + float(s.value)
+    return found
+
+
+class Bench:
+    def __init__(self, workdir: Path, args: argparse.Namespace) -> None:
+        self.workdir = workdir
+        self.args = args
+        self.pg = EmbeddedPostgres(workdir / "pg")
+        self.admin_dsn = self.pg.start()
+
+    def close(self) -> None:
+        self.pg.stop()
+
+    def postmaster(self) -> int:
+        return int((self.pg.pgdata / "postmaster.pid").read_text().split()[0])
+
+    @contextlib.contextmanager
+    def database(self) -> Any:
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield self.pg.dsn(name)
+        finally:
+            with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def archiver(self, targets: Targets, count: int, workers: int, interval: float, dsn: str | None = None) -> Point:
+        """One archiver for args.seconds after its warm-up; on database `dsn`, or a new one."""
+        with contextlib.ExitStack() as stack:
+            if dsn is None:
+                dsn = stack.enter_context(self.database())
+            return self._archiver(targets, count, workers, interval, dsn)
+
+    def _archiver(self, targets: Targets, count: int, workers: int, interval: float, dsn: str) -> Point:
+        args = self.args
+        offered = count * targets.per_scrape / interval
+        parser = parser_in_use().split()[0]  # each archiver imports scrape.py anew: say which it had
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        config = {"listen": f"127.0.0.1:{port}", "data_dir": str(self.workdir / f"data-{port}"),
+                  "log_level": "warning", "scrape_interval": f"{round(interval * 1000)}ms",
+                  "scrape": {"workers": workers}, "database": {"dsn": dsn},
+                  "targets": [{"url": targets.url(i), "job": "bench", "instance": f"t{i}"} for i in range(count)]}
+        path = self.workdir / f"archiver-{port}.yml"
+        path.write_text(yaml.safe_dump(config))
+        log = self.workdir / f"archiver-{port}.log"
+        service = Service(python_module("perfwatch.archiver", "--config", str(path)), log,
+                          ready_url=f"{url}/-/ready", ready_timeout=120).start()
+        assert service.proc is not None
+        try:
+            # Warm-up: every target's series created and written, and the backlog that made (series
+            # are created at the first scrape) written too — or, for an archiver that cannot catch
+            # up, WARM_UP_S. Then one interval more.
+            deadline = time.monotonic() + WARM_UP_S
+            while time.monotonic() < deadline:
+                m = scrape_metrics(url)
+                if (m.get("perfwatch_archiver_samples_written_total", 0) >= count * targets.per_scrape
+                        and m.get("perfwatch_archiver_spool_batches", 0) <= max(2, count // 10)
+                        and m.get("perfwatch_archiver_spool_oldest_age_seconds", 0) < 2 * interval + 1):
+                    break
+                time.sleep(1)
+            time.sleep(interval)
+            m0, t0 = scrape_metrics(url), time.monotonic()
+            cpu0, pg0 = cpu_split(service.proc.pid), cpu_seconds(self.postmaster())
+            oldest = 0.0
+            end = t0 + args.seconds
+            while time.monotonic() < end:
+                time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+                oldest = max(oldest, scrape_metrics(url).get("perfwatch_archiver_spool_oldest_age_seconds", 0))
+            cpu1, pg1 = cpu_split(service.proc.pid), cpu_seconds(self.postmaster())
+            m1, t1 = scrape_metrics(url), time.monotonic()
+        finally:
+            service.stop(timeout=60)
+
+        def delta(name: str) -> float:
+            return m1.get(name, 0.0) - m0.get(name, 0.0)
+
+        written = delta("perfwatch_archiver_samples_written_total")
+        per_k = 1000 / written if written else float("nan")
+        return Point(f"archiver, workers {workers}", count, interval, offered, written / (t1 - t0),
+                     (sum(cpu1) - sum(cpu0)) * 1000 * per_k, (pg1 - pg0) * 1000 * per_k,
+                     workers_ms=(cpu1[1] - cpu0[1]) * 1000 * per_k, note=parser,
+                     spool_growth=int(delta("perfwatch_archiver_spool_batches")),
+                     skipped=int(delta("perfwatch_archiver_scrapes_skipped_total")),
+                     failed=int(delta("perfwatch_archiver_scrape_failures_total")), oldest_age=oldest)
+
+    def prometheus(self, targets: Targets, count: int) -> Point | None:
+        from support.prometheus import Prometheus
+
+        args = self.args
+        offered = count * targets.per_scrape / args.interval
+        workdir = self.workdir / f"prometheus-{count}"
+        workdir.mkdir()
+        interval = f"{int(args.interval * 1000)}ms"
+        config = {"global": {"scrape_interval": interval, "scrape_timeout": interval},
+                  "scrape_configs": [{"job_name": "bench", "static_configs": [
+                      {"targets": [f"127.0.0.1:{targets.port}"],
+                       "labels": {"__metrics_path__": f"/t/{i}", "instance": f"t{i}"}} for i in range(count)]}]}
+        try:
+            prometheus = Prometheus(workdir, config)
+        except RuntimeError as err:
+            print(f"  (no Prometheus beside it: {err})")
+            return None
+        with prometheus:
+            assert prometheus.service.proc is not None
+            prometheus.wait_for(f'count(up{{job="bench"}} == 1) == {count}', timeout=120)
+            time.sleep(2 * args.interval)
+            served0, cpu0, t0 = targets.served(), cpu_seconds(prometheus.service.proc.pid), time.monotonic()
+            time.sleep(args.seconds)
+            served1, cpu1, t1 = targets.served(), cpu_seconds(prometheus.service.proc.pid), time.monotonic()
+        served = served1 - served0
+        return Point("Prometheus 2.42", count, args.interval, offered, served / (t1 - t0),
+                     (cpu1 - cpu0) * 1e6 / served, 0.0,
+                     note="TSDB included")
+
+
+HEADER = (f"{'who':<20} {'targets':>7} {'every':>6} {'offered/s':>10} {'written/s':>10} {'cpu ms/1k':>10} "
+          f"{'workers':>8} {'pg ms/1k':>9} {'spool +':>7} {'skipped':>7} {'failed':>6} {'oldest s':>8}  keeps up")
+
+
+def print_points(points: list[Point], header: bool = False) -> None:
+    if header:
+        print(HEADER)
+    for p in points:
+        print(f"{p.who:<20} {p.targets:>7} {p.interval:>5.3g}s {p.offered:>10,.0f} {p.written:>10,.0f} "
+              f"{p.cpu_ms:>10.1f} {p.workers_ms:>8.1f} {p.pg_ms:>9.1f} "
+              f"{p.spool_growth:>7} {p.skipped:>7} {p.failed:>6} {p.oldest_age:>8.1f}  "
+              f"{'yes' if p.keeps_up else 'no'} {p.note}", flush=True)
+
+
+def cpu(args: argparse.Namespace) -> int:
+    print(f"parser: {parser_in_use()}; {machine()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="perfwatch-bench-archiver-") as tmp:
+        workdir = Path(tmp)
+        bench = Bench(workdir, args)
+        try:
+            with Targets(workdir, args.series) as targets:
+                print(f"{args.targets} targets x {targets.per_scrape} samples every {args.interval:g}s, "
+                      f"{args.seconds:g}s measured per run", flush=True)
+                print(HEADER)
+                points = []
+                for workers in args.workers:
+                    points.append(bench.archiver(targets, args.targets, workers, args.interval))
+                    print_points(points[-1:])
+                if args.prometheus and (p := bench.prometheus(targets, args.targets)) is not None:
+                    points.append(p)
+                    print_points(points[-1:])
+        finally:
+            bench.close()
+    print()
+    print_points(points, header=True)
+    return 0
+
+
+def ramp(args: argparse.Namespace) -> int:
+    print(f"parser: {parser_in_use()}; {machine()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="perfwatch-bench-archiver-") as tmp:
+        workdir = Path(tmp)
+        bench = Bench(workdir, args)
+        best: dict[int, Point | None] = {}
+        everything: list[Point] = []
+        try:
+            with Targets(workdir, args.series) as targets, bench.database() as dsn:
+                per_second = args.targets * targets.per_scrape  # offered at a 1 s interval
+                print(f"{args.targets} targets x {targets.per_scrape} samples, {args.seconds:g}s measured per point",
+                      flush=True)
+                print(HEADER)
+                for workers in args.workers:
+                    best[workers] = None
+                    passed, failed, bisections = 0.0, 0.0, 0
+                    rate = per_second / args.interval
+                    while True:
+                        point = bench.archiver(targets, args.targets, workers, per_second / rate, dsn)
+                        everything.append(point)
+                        print_points([point])
+                        if point.keeps_up:
+                            passed, best[workers] = rate, point
+                        else:
+                            failed = rate
+                        if not failed:
+                            rate *= 2
+                            if per_second / rate < MIN_INTERVAL:
+                                break
+                            continue
+                        if not passed or bisections >= args.bisect:
+                            break
+                        bisections += 1
+                        rate = (passed + failed) / 2
+        finally:
+            bench.close()
+    print()
+    print_points(everything, header=True)
+    print()
+    for workers, top in best.items():
+        if top is None:
+            print(f"workers {workers}: did not keep up even at a {args.interval:g}s interval")
+        else:
+            print(f"workers {workers}: keeps up with {top.offered:,.0f} samples/s ({top.targets} targets every "
+                  f"{top.interval:.3g}s), {top.cpu_ms:.1f} ms CPU per 1,000 samples (+ PostgreSQL {top.pg_ms:.1f})")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", nargs="?", default="stages", choices=("stages", "cpu", "ramp", "serve"))
+    parser.add_argument("--batches", type=int, default=300, help="stages: batches sent down the path")
+    parser.add_argument("--segment-mib", type=int, default=8, help="stages: spool segment size")
+    parser.add_argument("--targets", type=int, default=40, help="cpu, ramp: synthetic targets")
+    parser.add_argument("--series", type=int, default=1000, help="cpu, ramp: samples per target (about)")
+    parser.add_argument("--interval", type=float, default=5.0, help="cpu, ramp (first point): scrape interval, s")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="cpu, ramp: scrape.workers values")
+    parser.add_argument("--seconds", type=float, default=60.0, help="cpu, ramp: measured window per run")
+    parser.add_argument("--prometheus", action="store_true", help="cpu: Prometheus on the same targets after")
+    parser.add_argument("--bisect", type=int, default=1, help="ramp: midpoints tried after the first failure")
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode == "serve":
+        asyncio.run(_serve_targets(args.port, args.series))
+        return 0
+    return {"stages": stages, "cpu": cpu, "ramp": ramp}[args.mode](args)
 
 
 if __name__ == "__main__":
