@@ -220,9 +220,10 @@ def host_timestamps(scrapes: int, interval_ms: int, start_ms: int, seed: int = 6
     return [start_ms + n * interval_ms + rng.randint(0, 4) for n in range(scrapes)]
 
 
-def load_day(engine: sa.Engine, series: int, interval_s: int, days: float, start: dt.datetime) -> int:
+def load_day(engine: sa.Engine, series: int, interval_s: int, days: float, start: dt.datetime,
+             scrapes_per_batch: int = 1) -> int:
     """`days` of `series` host-like series every `interval_s`, written through Store one scrape per
-    batch, as the archiver writes them."""
+    batch, as the archiver writes them (or `scrapes_per_batch` scrapes, for a year of few series)."""
     store = Store(engine)
     scrapes = int(days * 86400 // interval_s)
     names = [host_series(i) for i in range(series)]
@@ -231,9 +232,12 @@ def load_day(engine: sa.Engine, series: int, interval_s: int, days: float, start
             for name, kind, _ in names}
     total = 0
     stamps = host_timestamps(scrapes, interval_s * 1000, ms(start))
-    for ts, values in zip(stamps, host_values(series, scrapes), strict=True):
-        samples = [Sample(name, labels, v, ts) for (name, _, labels), v in zip(names, values, strict=True)]
-        total += store.write(Batch("node", "host-a:10280", ts, samples, meta))
+    pending: list[Sample] = []
+    for n, (ts, values) in enumerate(zip(stamps, host_values(series, scrapes), strict=True), 1):
+        pending += [Sample(name, labels, v, ts) for (name, _, labels), v in zip(names, values, strict=True)]
+        if n % scrapes_per_batch == 0 or n == scrapes:
+            total += store.write(Batch("node", "host-a:10280", ts, pending, meta))
+            pending = []
     return total
 
 
@@ -393,7 +397,8 @@ def bench_read(server: Server, args: argparse.Namespace) -> None:
         engine = archive(dsn, year)
         start = START - dt.timedelta(days=365)
         t0 = time.perf_counter()
-        stored = load_day(engine, args.read_series, 60, 365, start)
+        stored = load_day(engine, args.read_series, 60, 365, start,
+                          scrapes_per_batch=max(1, 20_000 // args.read_series))
         load_s = time.perf_counter() - t0
         run_rollups(engine, year, START + dt.timedelta(minutes=2))
         with psycopg.connect(dsn, autocommit=True) as conn:
