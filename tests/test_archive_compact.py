@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
-from support.archive import SyntheticSeries, at, batches, close, login_as, ms, stored_archive, synthetic
+from support.archive import SyntheticSeries, at, batches, login_as, ms, same, stored_archive, synthetic
 from support.postgres import PostgresServer
 
 from perfwatch.archiver.compact import run_compaction
@@ -52,14 +52,6 @@ def read_everything(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
                     "perfwatch.series(:m, CAST(:l AS jsonb), :f, :t, CAST(:s AS interval))"),
                     {"m": s.name, "l": json.dumps(dict(s.labels)), "f": T_FROM, "t": T_TO, "s": step})]
     return out
-
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return close(a, b, rel=1e-12)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 def build(dsn: str, layout: str) -> sa.Engine:

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
-from support.archive import batches, close, ms, step_stats, synthetic
+from support.archive import batches, close, ms, same, step_stats, synthetic
 from support.postgres import PostgresServer
 
 from perfwatch.archiver import db
@@ -60,14 +60,6 @@ def read_everything(dsn: str) -> dict[str, Any]:
                 "SELECT * FROM perfwatch.panel('synthetic_requests_total', '{\"code\": \"500\"}', %s, %s, %s, "
                 "'rate', '{{code}}')", (T_FROM, T_TO, step)).fetchall()
     return out
-
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return close(a, b, rel=1e-12)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.registry import CollectorRegistry
+from support.exposition import MALFORMED_BODIES
 from support.reference_parse import node_exporter_exposition, perfwatch_exposition, reference_parse_lines
 from support.synthetic import NASTY_VALUES, escape, exposition, filler
 from test_collectors_render import Fixed, tricky_families
@@ -78,12 +79,7 @@ SCRAPE_TEST_BODIES = [
     "a NaN\nb +Inf\nc -Inf\nd 4 1700000000123\ne 1e-300\n",
     'm{job="theirs",instance="x",exported_job="old",zone=""} 1\n',
     "m{a=\"1\"} 1\nm{a=\"1\"} 2\n",
-    "m{a=\"unterminated} 1\n",
-    "m 1 2 3 x\n",
-    "m notanumber\n",
-    "bad-name 1\n",
-    "m{__reserved=\"x\"} 1\n",
-    "# TYPE m\n",
+    *MALFORMED_BODIES,
     'a{x="é☃"} 1\nlong' + "x" * 500 + ' 2\n\n# TYPE b gauge\nb 3',
 ]
 

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from support.exposition import MALFORMED_BODIES
 from support.procs import free_port
 from support.synthetic import NASTY_VALUES, SyntheticExporter, counter_value, exposition, gauge_value
 
@@ -87,14 +88,7 @@ def test_duplicate_series_keep_the_first() -> None:
     assert list(got.values()) == [1.0]
 
 
-@pytest.mark.parametrize("text", [
-    "m{a=\"unterminated} 1\n",
-    "m 1 2 3 x\n",
-    "m notanumber\n",
-    "bad-name 1\n",
-    "m{__reserved=\"x\"} 1\n",
-    "# TYPE m\n",
-])
+@pytest.mark.parametrize("text", MALFORMED_BODIES)
 def test_malformed_exposition_raises_malformed(text: str) -> None:
     with pytest.raises(ScrapeError) as err:
         parse_exposition(text, TARGET_LABELS, 1_000)

@@ -20,6 +20,7 @@ import random
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -207,6 +208,15 @@ def close(a: float | None, b: float | None, rel: float = 1e-9) -> bool:
     if a is None or b is None:
         return a is b
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
+
+
+def same(a: Any, b: Any, rel: float = 1e-12) -> bool:
+    """Two answers of the archive (rows of values, nested) equal, floats to `rel`."""
+    if isinstance(a, float) and isinstance(b, float):
+        return close(a, b, rel=rel)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(same(x, y, rel) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 @contextmanager

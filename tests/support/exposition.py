@@ -29,3 +29,15 @@ def value(text: str, name: str, **labels: str) -> float:
 
 def names(text: str) -> set[str]:
     return {s.name for s in samples(text)}
+
+
+# Bodies every text-format parser must refuse as malformed (an unterminated label value, a
+# fourth field, a value that is no number, an invalid metric or label name, a TYPE without type).
+MALFORMED_BODIES = [
+    "m{a=\"unterminated} 1\n",
+    "m 1 2 3 x\n",
+    "m notanumber\n",
+    "bad-name 1\n",
+    "m{__reserved=\"x\"} 1\n",
+    "# TYPE m\n",
+]
