@@ -116,6 +116,16 @@ def relabel(exposed: Mapping[str, str], target_labels: Mapping[str, str]) -> tup
     return tuple(sorted(labels.items()))
 
 
+
+def _limit_broken(name: str, labels: tuple[tuple[str, str], ...], limits: ScrapeLimits) -> ScrapeError | None:
+    """The label limit `labels` break, as the error the scrape fails with once its family ends."""
+    try:
+        _check_label_limits(name, labels, limits)
+    except ScrapeError as err:
+        return err
+    return None
+
+
 def _check_label_limits(name: str, labels: tuple[tuple[str, str], ...], limits: ScrapeLimits) -> None:
     """Prometheus' label limits, after the target's labels are added; any excess fails the scrape."""
     if limits.label_limit and len(labels) > limits.label_limit:
@@ -534,11 +544,7 @@ def _parse_text(lines: Iterable[str], target_labels: dict[str, str], scraped_at_
                     family, family_type, family_help, allowed, new_names, deferred = "", "untyped", "", (), [], None
                 if value == value:  # NaN: Prometheus' stale marker (or a plain NaN), never archived
                     if not within:
-                        if deferred is None:
-                            try:
-                                _check_label_limits(name, labels, limits)
-                            except ScrapeError as err:
-                                deferred = err
+                        deferred = deferred or _limit_broken(name, labels, limits)
                     elif (key := (name, label_set)) in seen:
                         duplicates += 1  # Prometheus keeps the first and rejects the rest
                     else:
@@ -1038,11 +1044,7 @@ def _parse_openmetrics(lines: Iterable[str], target_labels: dict[str, str], scra
             continue
         labels, within, label_set = label_sets.general(exposed)
         if not within:
-            if deferred is None:
-                try:
-                    _check_label_limits(name, labels, limits)
-                except ScrapeError as err:
-                    deferred = err
+            deferred = deferred or _limit_broken(name, labels, limits)
             continue
         if (name, label_set) in seen:
             duplicates += 1
