@@ -46,6 +46,8 @@ from perfwatch.archiver.workers import WORKER, ScrapePool
 from perfwatch.archiver.writer import Writer
 
 log = logging.getLogger("perfwatch.archiver")
+# Scrapes of a target that fell behind keep up again after this many runs in a row, none skipped.
+KEEPS_UP_AFTER = 3
 
 SHUTDOWN_GRACE = 5.0  # seconds SIGTERM waits for the writer to empty the spool into the database
 
@@ -92,6 +94,7 @@ class Archiver:
         self._skips: dict[tuple[str, str], int] = {}
         self._last_due: dict[str, dt.datetime] = {}
         self._running_since: dict[tuple[str, str], float] = {}
+        self._clean_runs: dict[tuple[str, str], int] = {}  # runs in a row with none skipped before them
         self._behind_lock = threading.Lock()
         self._reloading = threading.Lock()
         self.embedded: EmbeddedPostgres | None = None
@@ -192,7 +195,7 @@ class Archiver:
                 with self._behind_lock:
                     self._jobs.pop(job_id, None)
                     self._last_due.pop(job_id, None)
-                    for state in (self._behind, self._skips, self._running_since):
+                    for state in (self._behind, self._skips, self._running_since, self._clean_runs):
                         state.pop(identity, None)
                 scraper.close()
                 if self.pool is not None:
@@ -326,11 +329,14 @@ class Archiver:
                     "perfwatch_archiver_scrapes_skipped_total until it keeps up", t.name, t.interval, why)
 
     def _ran(self, t: Target, started: float) -> None:
-        """A scrape of `t` starts: with no run skipped since the last one, it keeps up again."""
+        """A scrape of `t` starts: after KEEPS_UP_AFTER runs in a row with none skipped, it keeps
+        up again (a target whose scrapes take about its interval would otherwise flap, a pair of
+        log lines every few seconds)."""
         with self._behind_lock:
             self._running_since[t.identity] = started
             skipped = self._skips.pop(t.identity, 0)
-            if not skipped and self._behind.pop(t.identity, None) is not None:
+            clean = self._clean_runs[t.identity] = 0 if skipped else self._clean_runs.get(t.identity, 0) + 1
+            if clean >= KEEPS_UP_AFTER and self._behind.pop(t.identity, None) is not None:
                 log.info("scrapes of %s keep up again", t.name)
 
 

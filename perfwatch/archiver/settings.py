@@ -150,7 +150,7 @@ class ScrapeSettings:
 @dataclasses.dataclass
 class ScheduleSettings:
     rollup_interval: Duration = dataclasses.field(default=Duration(60), metadata={
-        "help": "How often to roll raw samples up into the tiers."})
+        "help": "How often to pack closed hours and windows (compaction) and roll raw samples up into the tiers."})
     retention_interval: Duration = dataclasses.field(default=Duration(3600), metadata={
         "help": "How often to create partitions ahead and drop expired ones."})
 
