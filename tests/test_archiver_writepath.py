@@ -28,7 +28,7 @@ from test_archiver_spool import batch, drain
 from perfwatch.archiver import workers
 from perfwatch.archiver.model import Batch
 from perfwatch.archiver.scrape import ScrapeError, Target, parse_exposition
-from perfwatch.archiver.service import Archiver
+from perfwatch.archiver.service import KEEPS_UP_AFTER, Archiver
 from perfwatch.archiver.settings import ArchiverSettings, ScrapeSettings, TargetSettings, load_settings
 from perfwatch.archiver.spool import Spool
 from perfwatch.archiver.workers import WORKER, ScrapePool, pack, unpack
@@ -340,10 +340,14 @@ def test_skipped_runs_are_counted_per_reason_and_said_once_until_the_target_keep
                       "keeps up"]
     archiver._ran(target, time.perf_counter())  # runs were skipped since the last one: still behind
     assert not any("keep up again" in r.getMessage() for r in caplog.records)
-    archiver._job_event(JobSubmissionEvent(EVENT_JOB_SUBMITTED, job_id, "default", [due(16)]))
-    archiver._ran(target, time.perf_counter())  # on time, nothing skipped since the last run
-    assert [r.getMessage() for r in caplog.records if "keep up again" in r.getMessage()] == [
-        "scrapes of j/i (http://127.0.0.1:1/metrics) keep up again"]
+    # On time, nothing skipped since the last run: it keeps up again after KEEPS_UP_AFTER such runs
+    # (a target whose scrapes take about its interval would flap otherwise).
+    for n in range(1, KEEPS_UP_AFTER + 1):
+        archiver._job_event(JobSubmissionEvent(EVENT_JOB_SUBMITTED, job_id, "default", [due(14 + 2 * n)]))
+        archiver._ran(target, time.perf_counter())
+        said = [r.getMessage() for r in caplog.records if "keep up again" in r.getMessage()]
+        assert said == ([] if n < KEEPS_UP_AFTER else ["scrapes of j/i (http://127.0.0.1:1/metrics) keep up again"])
+    assert skipped(archiver, "missed") == 3  # the runs on time added nothing
     archiver.spool.close()
 
 
