@@ -18,6 +18,19 @@ CREATE OR REPLACE FUNCTION perfwatch.level_partitions(p_tier text) RETURNS SETOF
         SELECT * FROM perfwatch.partition p WHERE p.tier IN (p_tier, perfwatch.packed_level(p_tier));
     END;
 
+-- Queue p_tier's partitions that end at or before p_before (everything in them is packed) to be
+-- detached and dropped outside the caller's transaction, as retention's are (perfwatch.partition_drop).
+CREATE OR REPLACE FUNCTION perfwatch.release_packed(p_tier text, p_before timestamptz) RETURNS void
+    LANGUAGE sql SET search_path = pg_catalog, perfwatch
+    BEGIN ATOMIC
+        WITH released AS (
+            DELETE FROM perfwatch.partition p WHERE p.tier = p_tier AND p.hi <= p_before RETURNING p.*)
+        INSERT INTO perfwatch.partition_drop (table_name, parent, tier, lo, hi)
+            SELECT r.table_name, t.table_name, r.tier, r.lo, r.hi
+            FROM released r JOIN perfwatch.tier t ON t.name = r.tier
+        ON CONFLICT (table_name) DO NOTHING;
+    END;
+
 -- The query of every raw sample of [p_lo, p_hi) as bucket rows of one sample each (the shape
 -- merge_buckets_sql reads: res 0, increase 0, resets 0): from the chunks and the late samples
 -- before the packed watermark, from the head after it. p_series: a SQL expression for an
@@ -171,10 +184,7 @@ BEGIN
         packed.resolution,
         EXISTS (SELECT FROM perfwatch.sample_chunk c WHERE c.start >= lo AND c.start < hi));
     UPDATE perfwatch.tier SET watermark = hi WHERE name = 'packed';
-    WITH released AS (
-        DELETE FROM perfwatch.partition p WHERE p.tier = 'raw' AND p.hi <= compact_next.hi RETURNING p.*)
-    INSERT INTO perfwatch.partition_drop (table_name, parent, tier, lo, hi)
-        SELECT r.table_name, 'sample', 'raw', r.lo, r.hi FROM released r;
+    PERFORM perfwatch.release_packed('raw', hi);
 END
 $$;
 
@@ -430,12 +440,7 @@ BEGIN
         END IF;
         UPDATE perfwatch.tier SET watermark = hi WHERE name = packed.name;
     END IF;
-    WITH released AS (
-        DELETE FROM perfwatch.partition p WHERE p.tier = p_tier AND p.hi <= greatest(compact_tier_next.hi, packed.watermark)
-        RETURNING p.*)
-    INSERT INTO perfwatch.partition_drop (table_name, parent, tier, lo, hi)
-        SELECT r.table_name, t.table_name, p_tier, r.lo, r.hi FROM released r
-    ON CONFLICT (table_name) DO NOTHING;
+    PERFORM perfwatch.release_packed(p_tier, greatest(hi, packed.watermark));
 END
 $$;
 
