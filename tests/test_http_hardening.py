@@ -6,6 +6,7 @@ Against the exporter as a real process on loopback, except where a timing needs 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+import yaml
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 from support.httpproc import ExporterProcess, bcrypt_hash, exchange, read_all, statuses
@@ -25,7 +27,8 @@ from support.prometheus import promtool
 from support.waiting import wait_until
 
 from perfwatch.common.httpmetrics import HTTPMetrics, LogLimiter
-from perfwatch.common.httpserver import Response, WebServer
+from perfwatch.common.httpserver import Request, Response, WebServer
+from perfwatch.common.webconfig import load_web_config
 
 NO_PERF = {"collectors": {"perf": {"enabled": False}}}  # its fds would count against the small limits
 
@@ -340,3 +343,38 @@ def test_the_per_client_log_table_is_bounded() -> None:
     assert len(limiter) == 3  # a fourth client within the minute is not news: no table growth, no info line
     now[0] = 61
     assert limiter.news("d") and limiter.news("a") and len(limiter) <= 3
+
+
+def test_a_route_with_a_body_limit_gets_its_body_after_the_credentials(tmp_path: Path) -> None:
+    """remote_write's and remote_read's routes read bodies of up to their limit, over keep-alive, and
+    only from a client whose credentials pass: a wrong password gets 401 before any body is read."""
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"basic_auth_users": {"u": bcrypt_hash(PASSWORD)}}))
+    got: list[bytes] = []
+
+    def handle(request: Request) -> Response:
+        got.append(request.body)
+        return Response(204)
+
+    server = WebServer("127.0.0.1", 0, {}, server_name="test", web_config=load_web_config(str(path)),
+                       post_routes={"/in": handle, "/other": handle}, body_limits={"/in": 200_000})
+    server.start()
+    try:
+        body = bytes(range(256)) * 500  # 128,000 bytes: over the 64 KiB other routes drop
+        with requests.Session() as session:
+            for _ in range(2):  # one keep-alive connection, the body read exactly each time
+                assert session.post(f"http://127.0.0.1:{server.port}/in", data=body, auth=("u", PASSWORD),
+                                    timeout=10).status_code == 204
+        assert got == [body, body]
+        wrong = base64.b64encode(b"u:wrong")
+        answer, closed = exchange(server.port, b"POST /in HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + wrong +
+                                  b"\r\nContent-Length: 150000\r\n\r\n")  # the body is never sent
+        assert statuses(answer) == [401] and closed, answer
+        for headers, status in ((b"Content-Length: 200001\r\n", 413), (b"Transfer-Encoding: chunked\r\n", 411)):
+            answer, closed = exchange(server.port, b"POST /in HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+            assert statuses(answer) == [status] and closed, answer
+        answer, closed = exchange(server.port, b"POST /other HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        assert statuses(answer) == [413] and closed, answer  # a route without a limit of its own: 64 KiB
+        assert len(got) == 2
+    finally:
+        server.stop()

@@ -14,9 +14,10 @@ Nothing a client does may stop it serving others (issue 10), so, as Go's net/htt
 - a new connection has `header_timeout` (10 s, like Go's ReadHeaderTimeout) from accept to the
   end of its first request's headers, TLS handshake included: a silent client cannot hold a
   slot for the long keep-alive `idle_timeout`, which applies only between requests;
-- a request body is read and thrown away when it is small and framed by Content-Length; any
-  other body (too large, chunked, framed twice or malformed) is refused and the connection
-  closed, so a body is never read as the next request (request smuggling);
+- a request body is read when framed by Content-Length and within the route's limit (`body_limits`,
+  for the remote-write and remote-read routes, after their credentials are checked), else read
+  and thrown away when small; any other body (too large, chunked, framed twice or malformed) is
+  refused and the connection closed, so a body is never read as the next request (smuggling);
 - plain HTTP sent to the TLS port gets Go's 400 answer instead of a silently closed connection.
 Failed TLS handshakes and failed logins are counted (httpmetrics.py) and logged at info at most
 once a minute per client address, the rest at debug.
@@ -77,8 +78,10 @@ HEADER_TIMEOUT = 10.0
 # people use a handful of connections. Prometheus' --web.max-connections is 512, with Go raising
 # the soft limit to the hard one at start.
 MAX_CONNECTIONS = 256
-# The largest request body read (and thrown away); nothing perfwatch serves reads one.
+# The largest request body read (and thrown away) where the route sets no limit of its own.
 MAX_BODY_BYTES = 64 * 1024
+# Time to read a body the route wants (its limit may be tens of MB), from the end of the headers.
+BODY_TIMEOUT = 60.0
 # accept() out of file descriptors or memory: wait this long, doubling up to the most (Go's values).
 ACCEPT_RETRY_FIRST = 0.005
 ACCEPT_RETRY_MAX = 1.0
@@ -98,6 +101,7 @@ class Request:
     path: str
     query: str
     headers: dict[str, str]  # lower-case names
+    body: bytes = b""  # read only for the routes with a body limit (WebServer.body_limits)
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name.lower(), default)
@@ -225,7 +229,7 @@ def _peer(client_address: object) -> str:
 _DIGITS = re.compile(r"[0-9]+")
 
 
-def body_problem(headers: dict[str, list[str]]) -> tuple[int, str] | None:
+def body_problem(headers: dict[str, list[str]], limit: int = MAX_BODY_BYTES) -> tuple[int, str] | None:
     """Why a request's body cannot be read safely (status, message), or None.
 
     `headers`: each lower-case name with all its values. RFC 9112 section 6: Transfer-Encoding and
@@ -237,15 +241,15 @@ def body_problem(headers: dict[str, list[str]]) -> tuple[int, str] | None:
     if transfer:
         codings = ",".join(transfer).lower()
         if codings.rsplit(",", 1)[-1].strip() == "chunked":
-            return 411, "chunked request bodies are not accepted; send Content-Length (at most 64 KiB)"
+            return 411, f"chunked request bodies are not accepted; send Content-Length (at most {limit} bytes)"
         return 501, f"transfer coding {codings[:40]!r} not supported"
     if lengths:
         if len(set(lengths)) > 1:
             return 400, "more than one Content-Length"
         if not _DIGITS.fullmatch(lengths[0]):
             return 400, f"malformed Content-Length {lengths[0][:40]!r}"
-        if int(lengths[0]) > MAX_BODY_BYTES:
-            return 413, f"request body over {MAX_BODY_BYTES} bytes"
+        if int(lengths[0]) > limit:
+            return 413, f"request body over {limit} bytes"
     return None
 
 
@@ -459,14 +463,17 @@ def method_not_allowed(allow: str, body: bytes) -> Handler:
 
 class WebServer:
     """Serves `routes` (path → handler, for GET and HEAD) and `post_routes` (POST and PUT) on
-    `host:port` from a background thread."""
+    `host:port` from a background thread. A path in `body_limits` gets its request body (up to that
+    many bytes) in `Request.body`."""
 
     def __init__(self, host: str, port: int, routes: dict[str, Handler], *, server_name: str,
                  web_config: WebConfig | None = None, idle_timeout: float = IDLE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
-                 post_routes: dict[str, Handler] | None = None, metrics: HTTPMetrics | None = None) -> None:
+                 post_routes: dict[str, Handler] | None = None, metrics: HTTPMetrics | None = None,
+                 body_limits: dict[str, int] | None = None) -> None:
         self.routes = routes
         self.post_routes = post_routes or {}
+        self.body_limits = body_limits or {}
         self.server_name = server_name
         self.idle_timeout = idle_timeout
         self.header_timeout = header_timeout
@@ -544,6 +551,7 @@ class WebServer:
             _input: io.BufferedReader
             _requests = 0
             _linger = False  # answered with an error that closes the connection: read what is left first
+            _body = b""
 
             def setup(self) -> None:
                 super().setup()
@@ -576,9 +584,21 @@ class WebServer:
                     return True  # no "100 Continue": parse_request goes on and the body is refused
                 return super().handle_expect_100()
 
+            def _body_limit(self) -> int | None:
+                """The limit of a route that reads its body, None for the others."""
+                return server.body_limits.get(urlsplit(self.path).path) if self.command in ("POST", "PUT") else None
+
             def _body_problem(self) -> tuple[int, str] | None:
                 return body_problem({name: self.headers.get_all(name) or []
-                                     for name in ("transfer-encoding", "content-length")})
+                                     for name in ("transfer-encoding", "content-length")},
+                                    self._body_limit() or MAX_BODY_BYTES)
+
+            def _refuse(self, response: Response) -> bool:
+                """Answer before the body is read, and close the connection (False for parse_request)."""
+                response.headers["Connection"] = "close"
+                self._send(response, self.command == "HEAD")
+                self._linger = True
+                return False
 
             def parse_request(self) -> bool:
                 if not super().parse_request():
@@ -589,18 +609,26 @@ class WebServer:
                     status, message = problem
                     log.debug("%s: %s %s refused with %d: %s", self.address_string(), self.command,
                               self.path[:100], status, message)
-                    self._send(Response(status, f"{message}\n".encode(), headers={"Connection": "close"}),
-                               self.command == "HEAD")
-                    self._linger = True
-                    return False
+                    return self._refuse(Response(status, f"{message}\n".encode()))
                 length = int(self.headers.get("content-length", "0").strip() or 0)
-                self._reader.deadline = time.monotonic() + server.header_timeout
+                keep = self._body_limit() is not None
+                if keep:
+                    # Credentials before a body of up to tens of MB is read from whoever sent it.
+                    denied = server.check_auth(urlsplit(self.path).path, self.headers.get("Authorization", ""),
+                                               self.client_address[0])
+                    if denied is not None:
+                        return self._refuse(denied)
+                self._reader.deadline = time.monotonic() + (BODY_TIMEOUT if keep else server.header_timeout)
+                parts = []
                 while length > 0:
-                    chunk = self.rfile.read(min(length, 16384))
+                    chunk = self.rfile.read(min(length, 1 << 16))
                     if not chunk:  # the client closed mid-body
                         self.close_connection = True
                         return False
                     length -= len(chunk)
+                    if keep:
+                        parts.append(chunk)
+                self._body = b"".join(parts)
                 self._reader.deadline = None
                 self.connection.settimeout(server.idle_timeout)  # for writing the answer
                 return True
@@ -647,7 +675,9 @@ class WebServer:
                 self._respond(handler, url.path, url.query, head)
 
             def _respond(self, handler: Handler, path: str, query: str, head: bool) -> None:
-                request = Request(self.command, path, query, {k.lower(): v for k, v in self.headers.items()})
+                request = Request(self.command, path, query, {k.lower(): v for k, v in self.headers.items()},
+                                  self._body)
+                self._body = b""
                 try:
                     response = handler(request)
                 except Exception:

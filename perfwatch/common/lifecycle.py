@@ -164,7 +164,9 @@ def serve(host: str, port: int, routes: dict[str, Handler], *, listen: str, serv
           reload: Callable[[], None] | None = None,
           enable_lifecycle: bool = False,
           max_connections: int = MAX_CONNECTIONS,
-          http_metrics: HTTPMetrics | None = None) -> int:
+          http_metrics: HTTPMetrics | None = None,
+          post_routes: dict[str, Handler] | None = None,
+          body_limits: dict[str, int] | None = None) -> int:
     """Serve `routes` on `host:port` until a stop signal; the exit code. Call it from the main thread.
 
     `listen` is the address as the user wrote it, for the log. The program's own parts hook in:
@@ -177,10 +179,12 @@ def serve(host: str, port: int, routes: dict[str, Handler], *, listen: str, serv
       (the file `web_config` came from) has been re-read and found good: re-read the program's
       own config and put it in force, or raise ConfigError to refuse it (nothing changes then).
     `http_metrics`: the server's collector, which the program has registered in its registry.
+    `post_routes` and `body_limits`: the program's own POST routes, and the bodies they read.
     """
     try:
         server = WebServer(host, port, dict(routes), server_name=server_name, web_config=web_config,
-                           max_connections=max_connections, metrics=http_metrics)
+                           max_connections=max_connections, metrics=http_metrics,
+                           post_routes=dict(post_routes or {}), body_limits=body_limits)
     except OSError as err:
         log.error("cannot listen on %s: %s", listen, err.strerror or err)
         if cleanup is not None:
