@@ -42,7 +42,7 @@ import psycopg
 import sqlalchemy as sa
 
 from perfwatch.archiver import db
-from perfwatch.archiver.model import Batch, MetricMeta, Sample
+from perfwatch.archiver.model import Batch, MetricMeta, Sample, SampleKind
 
 log = logging.getLogger(__name__)
 
@@ -243,11 +243,13 @@ class Store:
         names = {s.name for s in samples} if len(samples) < len(batch.samples) else batch.metadata.keys()
         changed = {name: meta for name, meta in batch.metadata.items()
                    if name in names and ((known := metrics.get(name)) is None or known[1] != meta)}
-        for name, _ in missing:
-            if name not in metrics and name not in changed:
-                changed[name] = batch.metadata.get(name) or _guess_meta(name)
+        # Names this batch has no metadata for (remote_write sends it apart): what the catalog says,
+        # or a guess by name where it has nothing.
+        unannounced = {name for name, _ in missing if name not in metrics and name not in changed}
         if changed:
             new_metrics.update(self._upsert_metrics(conn, changed))
+        if unannounced:
+            new_metrics.update(self._ensure_metrics(conn, sorted(unannounced)))
         if missing:
             unstorable = sorted(key for key in missing if not _storable(key))
             for key in unstorable:
@@ -276,6 +278,10 @@ class Store:
                              [_clean_text(m.unit) for m in values])
         ids = {row.name: row.id for row in rows}
         return {name: (ids[name], meta) for name, meta in metas.items()}
+
+    def _ensure_metrics(self, conn: sa.Connection, names: list[str]) -> dict[str, tuple[int, MetricMeta]]:
+        rows = db.call_table(conn, "ensure_metrics", names, [_guess_kind(name) for name in names])
+        return {row.name: (row.id, MetricMeta(row.name, row.kind, row.family_type, row.help, row.unit)) for row in rows}
 
     def _upsert_series(self, conn: sa.Connection, missing: dict[SeriesKey, int],
                        metrics: dict[str, tuple[int, MetricMeta]]) -> dict[SeriesKey, _SeriesEntry]:
@@ -334,10 +340,10 @@ def _copy_rows(cur: psycopg.Cursor[Any], statement: str, rows: list[tuple[int, i
             copy.write_row((series_id, stamps[ms], value))
 
 
-def _guess_meta(name: str) -> MetricMeta:
-    # A sample without metadata (should not happen with archiver.scrape): decide by name, as Prometheus does.
-    counter = name.endswith(("_total", "_bucket", "_count", "_sum"))
-    return MetricMeta(name, "counter" if counter else "untyped", "unknown")
+def _guess_kind(name: str) -> SampleKind:
+    # A sample without metadata: decide by name, as Prometheus' rate() warnings do; untyped gets
+    # counter maths and a gauge's aggregates both, so either reading of it stays right.
+    return "counter" if name.endswith(("_total", "_bucket", "_count", "_sum")) else "untyped"
 
 
 def _storable(key: SeriesKey) -> bool:

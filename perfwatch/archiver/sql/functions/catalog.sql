@@ -19,6 +19,22 @@ BEGIN
 END
 $$;
 
+-- The metrics named, created with the kinds given where the catalog has none of them: a name
+-- whose samples came without metadata (remote_write sends it apart from the samples, once a
+-- minute) gets a guess that never replaces what the catalog knows. Their ids and catalog facts.
+CREATE OR REPLACE FUNCTION perfwatch.ensure_metrics(p_names text[], p_kinds text[])
+    RETURNS TABLE (name text, id integer, kind text, family_type text, help text, unit text)
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+#variable_conflict use_column
+BEGIN
+    INSERT INTO perfwatch.metric AS m (name, kind, family_type, help, unit)
+        SELECT n, k, 'unknown', '', '' FROM unnest(p_names, p_kinds) AS u(n, k)
+    ON CONFLICT (name) DO NOTHING;
+    RETURN QUERY SELECT m.name, m.id, m.kind, m.family_type, m.help, m.unit
+        FROM perfwatch.metric m WHERE m.name = ANY (p_names);
+END
+$$;
+
 -- Create the series given (metric id, labels as a JSON object text, first seen), or move an
 -- existing one's last_seen on; the ids of all of them, existing ones included.
 CREATE OR REPLACE FUNCTION perfwatch.upsert_series(p_metric_ids integer[], p_labels text[], p_seen timestamptz[])
