@@ -55,7 +55,8 @@ def test_dsn_file_with_a_bad_dsn_names_the_key(tmp_path: Path) -> None:
 
 def test_the_compose_config_is_valid() -> None:
     settings = load_settings(REPO / "provisioning" / "perfwatch" / "archiver.yml")
-    assert [(t.job, t.url) for t in settings.scrape_targets()] == [("perfwatch", "http://exporter:10280/metrics")]
+    assert settings.scrape_targets() == []  # Prometheus remote-writes instead
+    assert settings.receive.remote_write and settings.receive.remote_read
     assert settings.database.dsn_file == "/run/secrets/archiver_dsn"
 
 
@@ -71,3 +72,28 @@ def test_partition_tables_map_to_their_tier() -> None:
     assert partition_tier("rollup_5m_20250101", policy) == "5m"
     assert partition_tier("rollup_1h_20250101_120000", policy) == "1h"
     assert partition_tier("elsewhere", policy) == "unknown"
+
+
+def test_remote_doors_are_closed_until_the_config_or_the_command_line_opens_them(tmp_path: Path) -> None:
+    path = tmp_path / "a.yml"
+    path.write_text("receive:\n  remote_read: true\n  body_size_limit: 4MiB\n  remote_read_sample_limit: 0\n")
+    assert not load_settings(None).receive.remote_write and not load_settings(None).receive.remote_read
+    settings = load_settings(path, {"receive.remote_write": True})
+    assert settings.receive.remote_write and settings.receive.remote_read and settings.has_sources()
+    assert settings.receive.body_size_limit == 4 << 20 and settings.receive.remote_read_sample_limit == 0
+    assert not load_settings(None).has_sources()  # no targets and no door: nothing to do
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("receive:\n  remote_write: maybe\n", "receive.remote_write"),
+    ("receive:\n  remote_wirte: true\n", "receive.remote_wirte"),
+    ("receive:\n  body_size_limit: 100\n", "receive.body_size_limit"),
+    ("receive:\n  remote_read_sample_limit: -1\n", "receive.remote_read_sample_limit"),
+    ("receive:\n  remote_read_concurrent_limit: 0\n", "receive.remote_read_concurrent_limit"),
+])
+def test_a_bad_receive_key_is_named(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "a.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert err.value.key == key, err.value

@@ -15,13 +15,16 @@ from perfwatch.archiver.scrape import LABEL_NAME_RE
 from perfwatch.archiver.settings import DEFAULT_PORT, ArchiverSettings, load_settings
 from perfwatch.common.config import ConfigError, parse_listen
 from perfwatch.common.httpmetrics import HTTPMetrics
-from perfwatch.common.httpserver import Request, Response, WebServer, metrics_handler, service_routes
+from perfwatch.common.httpserver import Handler, Request, Response, WebServer, metrics_handler, service_routes
 from perfwatch.common.lifecycle import add_web_arguments, serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import WebConfig, load_web_config
 
 if TYPE_CHECKING:
     from perfwatch.archiver.backfill import ImportJob
+    from perfwatch.archiver.receive import RemoteWriteReceiver
+    from perfwatch.archiver.remoteread import RemoteReader
+    from perfwatch.archiver.service import Archiver
 
 log = logging.getLogger("perfwatch.archiver")
 
@@ -62,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--listen", metavar="HOST:PORT", default=S,
                         help=f"address for the archiver's own /metrics (default :{DEFAULT_PORT})")
     common.add_argument("--log-level", choices=LEVELS, default=S, help="log verbosity (default info)")
+    common.add_argument("--enable-remote-write", action="store_true", default=S,
+                        help="accept Prometheus' remote_write at POST /api/v1/write (receive.remote_write)")
+    common.add_argument("--enable-remote-read", action="store_true", default=S,
+                        help="answer Prometheus' remote_read at POST /api/v1/read (receive.remote_read)")
     add_web_arguments(common, "the archiver", default=S)
     parser = argparse.ArgumentParser(
         prog="perfwatch-archiver", parents=[common],
@@ -96,12 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     overrides = {"listen": opt("listen"), "data_dir": opt("data_dir"), "scrape_interval": opt("scrape_interval"),
                  "log_level": opt("log_level"), "database.dsn": opt("dsn"), "targets": opt("target"),
-                 "max_connections": opt("max_connections")}
+                 "max_connections": opt("max_connections"),
+                 "receive.remote_write": opt("enable_remote_write"), "receive.remote_read": opt("enable_remote_read")}
     try:
         settings = load_settings(opt("config"), overrides)  # type: ignore[arg-type]
         dsn = settings.database.resolve_dsn()
-        if command == "run" and not settings.targets:
-            raise ConfigError("targets", "nothing to scrape: give --target URL or `targets` in the config file")
+        if command == "run" and not settings.has_sources():
+            raise ConfigError("targets", "nothing to do: give --target URL, or `targets` or `file_sd_configs` "
+                              "in the config file, or open remote_write or remote_read (--enable-remote-write, "
+                              "`receive` in the config file)")
         web_config = load_web_config(str(opt("web_config"))) if opt("web_config") else None
         import_job = _import_job(args) if command == "import" else None
     except ConfigError as err:
@@ -118,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             """The config file as it is now, with the same command-line options over it."""
             new = load_settings(config_path, overrides)
             new.database.resolve_dsn()
-            if not new.targets:
-                raise ConfigError("targets", "nothing to scrape")
+            if not new.has_sources():
+                raise ConfigError("targets", "nothing to do: no targets, file_sd_configs or remote door")
             return new
 
         return run(settings, dsn, web_config, web_config_path=str(opt("web_config") or "") or None,
@@ -170,6 +180,7 @@ def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | Non
     http_metrics = HTTPMetrics()
     archiver.metrics.registry.register(http_metrics)
     routes = service_routes("perfwatch archiver", __version__, metrics_handler(archiver.metrics.registry), ready)
+    remote = RemoteDoors(settings, archiver)
 
     def start(server: WebServer) -> bool:
         log.info("perfwatch-archiver %s listening on %s://%s:%d, data in %s", __version__, server.scheme, host,
@@ -187,10 +198,65 @@ def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | Non
     def reload() -> None:
         """SIGHUP, POST /-/reload: the config file again; a ConfigError refuses it, all of it."""
         if load_again is not None:
-            log.info("reload: %s", archiver.reload(load_again()))
+            new = load_again()
+            log.info("reload: %s", archiver.reload(new))
+            remote.reload(new)
 
     # SIGHUP and POST /-/reload re-read the web config and, through `reload`, the archiver's own.
+    def stopping() -> None:
+        archiver.stop()
+        remote.close()
+
     return serve(host, port, routes, listen=settings.listen, server_name=f"perfwatch-archiver/{__version__}",
-                 web_config=web_config, log=log, started=start, stopping=archiver.stop, cleanup=lock.close,
+                 web_config=web_config, log=log, started=start, stopping=stopping, cleanup=lock.close,
                  web_config_path=web_config_path, reload=reload, enable_lifecycle=enable_lifecycle,
-                 max_connections=settings.max_connections, http_metrics=http_metrics)
+                 max_connections=settings.max_connections, http_metrics=http_metrics,
+                 post_routes=remote.routes, body_limits=remote.body_limits)
+
+
+class RemoteDoors:
+    """Prometheus' remote_write and remote_read on the archiver's server, each open only where the
+    config says (`receive`), as Prometheus' --web.enable-remote-write-receiver."""
+
+    def __init__(self, settings: ArchiverSettings, archiver: Archiver) -> None:
+        from perfwatch.archiver.receive import WRITE_PATH, RemoteWriteReceiver
+        from perfwatch.archiver.remoteread import READ_PATH, RemoteReader
+
+        receive = settings.receive
+        self.settings = settings
+        self.routes: dict[str, Handler] = {}
+        self.body_limits: dict[str, int] = {}
+        self.receiver: RemoteWriteReceiver | None = None
+        self.reader: RemoteReader | None = None
+        if receive.remote_write:
+            self.receiver = RemoteWriteReceiver(archiver.spool, archiver.metrics, settings.receive_limits(),
+                                                int(receive.body_size_limit))
+            self.routes[WRITE_PATH] = self.receiver.handle
+            log.info("remote_write receiver open at %s", WRITE_PATH)
+        if receive.remote_read:
+            self.reader = RemoteReader(lambda: archiver.db, archiver.metrics,
+                                       body_size_limit=int(receive.body_size_limit),
+                                       sample_limit=receive.remote_read_sample_limit,
+                                       concurrency=receive.remote_read_concurrent_limit)
+            self.routes[READ_PATH] = self.reader.handle
+            log.info("remote_read open at %s", READ_PATH)
+        # The compressed body is at most the decompressed limit (snappy grows incompressible input by
+        # a few bytes per 64 KiB): what passes here is checked again once decompressed.
+        self.body_limits = {path: int(receive.body_size_limit) + (int(receive.body_size_limit) >> 10) + 64
+                            for path in self.routes}
+
+    def reload(self, new: ArchiverSettings) -> None:
+        """New limits in force; opening or closing a door needs a restart (said in the log)."""
+        old, receive = self.settings.receive, new.receive
+        if (receive.remote_write, receive.remote_read) != (old.remote_write, old.remote_read):
+            log.warning("reload: receive.remote_write / remote_read changed; it takes effect when the archiver "
+                        "restarts")
+        if self.receiver is not None:
+            self.receiver.configure(new.receive_limits(), int(receive.body_size_limit))
+        if self.reader is not None:
+            self.reader.configure(int(receive.body_size_limit), receive.remote_read_sample_limit)
+        self.settings = new
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()

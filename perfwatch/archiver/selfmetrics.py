@@ -50,6 +50,15 @@ class ArchiverMetrics:
                                        "Samples the database inserted, per target (a replayed duplicate is not "
                                        "counted again).",
                                        TARGET, registry=r)
+        # Targets from file_sd_configs (discovery.py); Prometheus' own is prometheus_sd_file_read_errors_total.
+        self.sd_file_read_errors = Counter(PREFIX + "sd_file_read_errors_total",
+                                           "Reads of a file_sd file that failed (unreadable, not a list of target "
+                                           "groups, a bad target or label); its last good targets are kept.",
+                                           registry=r)
+        self.sd_discovered_targets = Gauge(PREFIX + "sd_discovered_targets",
+                                           "Targets the files of each file_sd_config list (`config`: its index), "
+                                           "before those with the job and instance of another are left out.",
+                                           ["config"], registry=r)
         self.write_duration = Histogram(PREFIX + "write_duration_seconds",
                                         "Time to write one batch to the database.", registry=r,
                                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
@@ -72,6 +81,22 @@ class ArchiverMetrics:
                                "as of the last rollup or retention pass.", ["tier"], registry=r)
         self.tier_bytes = Gauge(PREFIX + "tier_bytes", "On-disk size of each tier's tables and indexes, "
                                 "as of the last rollup or retention pass.", ["tier"], registry=r)
+        # Prometheus' remote protocols (receive.py, remoteread.py), when the config opens them.
+        self.remote_requests = Counter(PREFIX + "remote_requests_total",
+                                       "Remote-write and remote-read requests answered, by handler "
+                                       "(/api/v1/write, /api/v1/read) and HTTP status code.",
+                                       ["handler", "code"], registry=r)
+        self.remote_write_samples = Counter(PREFIX + "remote_write_samples_total",
+                                            "Samples received by remote_write and spooled (NaN included: the store "
+                                            "drops and counts those).", registry=r)
+        self.remote_write_refused = Counter(PREFIX + "remote_write_refused_total",
+                                            "Remote-write series (with all their samples) not stored, by reason: "
+                                            "invalid (no metric name, a bad or repeated label name), label_limit, "
+                                            "native_histogram (histogram samples; only floats are archived).",
+                                            ["reason"], registry=r)
+        self.remote_read_samples = Counter(PREFIX + "remote_read_samples_total",
+                                           "Samples answered by remote_read, by the level read (raw or a tier).",
+                                           ["level"], registry=r)
 
         # Set by the service once the store exists: its counts of samples not stored, by reason.
         self.store_dropped: Callable[[], Mapping[str, int]] | None = None

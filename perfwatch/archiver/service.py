@@ -35,6 +35,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from perfwatch.archiver.database import Database
+from perfwatch.archiver.discovery import Clash, FileDiscovery, Found, Identity, merge
 from perfwatch.archiver.embedded import EmbeddedPostgres
 from perfwatch.archiver.maintenance import Maintenance
 from perfwatch.archiver.revive import Reviver
@@ -84,8 +85,15 @@ class Archiver:
         self.metrics = ArchiverMetrics(self.spool)
         # Its processes are started by start(), once the database is ready: a start failing before leaves none.
         self.pool = ScrapePool(settings.scrape.workers, settings.log_level) if settings.scrape.workers else None
-        self.scrapers: dict[tuple[str, str], Scraper] = {t.identity: self._scraper(t)
-                                                         for t in settings.scrape_targets()}
+        # What is scraped comes from the config's targets and from file_sd's files; a reload and
+        # file_sd's watcher thread both change it, one at a time.
+        self._targets_lock = threading.Lock()
+        self._static = settings.scrape_targets()
+        self._clashes: set[Clash] = set()
+        self.discovery = FileDiscovery(self._discovered, self.metrics)
+        self._found_generation, self._found = self.discovery.reconfigure(settings)
+        self.scrapers: dict[Identity, Scraper] = {identity: self._scraper(t)
+                                                  for identity, t in self._wanted().items()}
         self._failing: dict[str, str] = {}  # target name → last failure, to log changes only
         # Falling behind: job id → target, the targets behind (identity → reason), skips since each
         # target's last run, the last scheduled time seen per job (coalesced runs leave gaps).
@@ -140,6 +148,7 @@ class Archiver:
         for scraper in self.scrapers.values():
             t = scraper.target
             log.info("scraping %s every %gs (timeout %gs)", t.name, t.interval, t.timeout)
+        self.discovery.start()
 
     def _scraper(self, target: Target) -> Scraper:
         return TargetScraper(target) if self.pool is None else _Pooled(self.pool, target)
@@ -177,41 +186,21 @@ class Archiver:
 
     def reload(self, new: ArchiverSettings) -> str:
         """Put `new` (validated by the caller) in force: targets added, removed or changed (their
-        interval, timeout, limits, labels, credentials), the policy, the schedule and the log level.
-        What the running process is built on (listen, data_dir, database, spool) needs a restart:
-        said in the log, kept as it is. Returns what changed, for the log."""
+        interval, timeout, limits, labels, credentials), file_sd_configs (their files read again),
+        the policy, the schedule and the log level. What the running process is built on (listen,
+        data_dir, database, spool) needs a restart: said in the log, kept as it is. Returns what
+        changed, for the log."""
         with self._reloading:
             old = self.settings
             for key in ("listen", "data_dir", "database", "spool", "scrape", "max_connections"):
                 if getattr(new, key, None) != getattr(old, key, None):
                     log.warning("reload: %s changed; it takes effect when the archiver restarts", key)
-            changes = []
-            wanted = {t.identity: t for t in new.scrape_targets()}
-            for identity in [i for i in self.scrapers if i not in wanted]:
-                scraper = self.scrapers.pop(identity)
-                job_id = f"scrape {scraper.target.job}/{scraper.target.instance}"
-                if self.scheduler is not None:
-                    self.scheduler.remove_job(job_id)
-                with self._behind_lock:
-                    self._jobs.pop(job_id, None)
-                    self._last_due.pop(job_id, None)
-                    for state in (self._behind, self._skips, self._running_since, self._clean_runs):
-                        state.pop(identity, None)
-                scraper.close()
-                if self.pool is not None:
-                    self.pool.forget(scraper.target)
-                changes.append(f"-{scraper.target.name}")
-            for identity, target in wanted.items():
-                current = self.scrapers.get(identity)
-                if current is not None and current.target.same_as(target):
-                    continue
-                scraper = self.scrapers[identity] = self._scraper(target)
-                self._announce(target)
-                if self.scheduler is not None:
-                    self._schedule_scrapes(scraper)  # replaces the old job, whose scraper is closed below
-                if current is not None:
-                    current.close()
-                changes.append(f"{'~' if current else '+'}{target.name}")
+            generation, found = self.discovery.reconfigure(new)
+            with self._targets_lock:
+                self._static = new.scrape_targets()
+                if generation > self._found_generation:  # else the watcher handed on a newer list meanwhile
+                    self._found_generation, self._found = generation, found
+                changes = self.apply_targets(self._wanted())
             if new.policy != old.policy:
                 new.policy.validate("policy")
                 for holder in (self.db, self.maintenance):
@@ -227,9 +216,57 @@ class Archiver:
             self.settings = new
             return ", ".join(changes) or "nothing changed"
 
+    def _discovered(self, generation: int, found: list[Found]) -> None:
+        """file_sd's watcher saw the files change: scrape what they list now, beside the static targets."""
+        with self._targets_lock:
+            if generation <= self._found_generation:
+                return  # a reload has put a newer list in force
+            self._found_generation, self._found = generation, found
+            changes = self.apply_targets(self._wanted())
+        if changes:
+            log.info("file_sd: %s", ", ".join(changes))
+
+    def _wanted(self) -> dict[Identity, Target]:
+        """The static targets, then file_sd's (under _targets_lock)."""
+        wanted, self._clashes = merge(self._static, self._found, self._clashes)
+        return wanted
+
+    def apply_targets(self, wanted: dict[Identity, Target]) -> list[str]:
+        """Scrape `wanted` from now on: jobs of targets not in it removed, of new and changed ones
+        (re)scheduled, the others left running. Returns the changes (`+`, `~`, `-` and the target's
+        name). The caller holds _targets_lock."""
+        changes = []
+        for identity in [i for i in self.scrapers if i not in wanted]:
+            scraper = self.scrapers.pop(identity)
+            job_id = f"scrape {scraper.target.job}/{scraper.target.instance}"
+            if self.scheduler is not None:
+                self.scheduler.remove_job(job_id)
+            with self._behind_lock:
+                self._jobs.pop(job_id, None)
+                self._last_due.pop(job_id, None)
+                for state in (self._behind, self._skips, self._running_since, self._clean_runs):
+                    state.pop(identity, None)
+            scraper.close()
+            if self.pool is not None:
+                self.pool.forget(scraper.target)
+            changes.append(f"-{scraper.target.name}")
+        for identity, target in wanted.items():
+            current = self.scrapers.get(identity)
+            if current is not None and current.target.same_as(target):
+                continue
+            scraper = self.scrapers[identity] = self._scraper(target)
+            self._announce(target)
+            if self.scheduler is not None:
+                self._schedule_scrapes(scraper)  # replaces the old job, whose scraper is closed below
+            if current is not None:
+                current.close()
+            changes.append(f"{'~' if current else '+'}{target.name}")
+        return changes
+
     def stop(self) -> None:
         """Finish in-flight scrapes (they land in the spool), write what the database takes within
         SHUTDOWN_GRACE, and stop the embedded server if we started it."""
+        self.discovery.stop()  # first: no targets change under the scheduler's shutdown
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)  # scrapes in workers end within their timeout + GRACE
         if self.pool is not None:

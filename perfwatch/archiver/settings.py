@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -26,18 +27,22 @@ DEFAULT_LIMITS = ScrapeLimits(body_size_limit=50 << 20, sample_limit=200_000, la
                               label_name_length_limit=1024, label_value_length_limit=16 << 10)
 LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(ScrapeLimits))
 LogLevel = Literal["debug", "info", "warning", "error"]
+# A remote read's answer is built in memory (~100 bytes a sample with its protobuf): 5 million
+# samples are ~0.5 GB at worst, and a year of one series at 15 s is 2.1 million.
+DEFAULT_READ_SAMPLE_LIMIT = 5_000_000
+DEFAULT_READ_CONCURRENCY = 4  # each holds a database connection and an answer in memory
 MAX_WORKERS = 64  # scrape worker processes; more is a typo (each takes ~35 MB of memory, measured)
+# What Prometheus accepts in a file_sd_config's `files` (discovery/file/file.go): a `*` only in the file
+# name, and the extension that says how to read the file. Refusing what Prometheus refuses keeps one
+# file_sd_configs section valid for both.
+FILE_SD_PATTERN = re.compile(r"^[^*]*(\*[^/]*)?\.(json|yml|yaml|JSON|YML|YAML)$")
+DEFAULT_REFRESH = Duration(300)  # Prometheus' refresh_interval of file_sd_configs
 
 
 @dataclasses.dataclass
-class TargetSettings:
-    url: str = dataclasses.field(default="", metadata={
-        "help": "URL to scrape; a URL without a path gets /metrics."})
-    job: str = dataclasses.field(default=DEFAULT_JOB, metadata={"help": "The `job` label."})
-    instance: str | None = dataclasses.field(default=None, metadata={
-        "help": "The `instance` label (default: host:port of the URL)."})
-    labels: dict[str, str] = dataclasses.field(default_factory=dict, metadata={
-        "help": "Extra labels for every sample of this target."})
+class TargetOptions:
+    """How to scrape: the keys a static target and a file_sd_config share (a Prometheus scrape_config's)."""
+
     scrape_interval: Duration | None = dataclasses.field(default=None, metadata={
         "help": "How often to scrape (default: the top-level scrape_interval)."})
     scrape_timeout: Duration | None = dataclasses.field(default=None, metadata={
@@ -62,6 +67,20 @@ class TargetSettings:
     def validate(self, key: str) -> None:
         validate_limits(key, self)
         validate_client_auth(key, self.basic_auth, self.authorization)
+
+
+@dataclasses.dataclass
+class TargetSettings(TargetOptions):
+    url: str = dataclasses.field(default="", metadata={
+        "help": "URL to scrape; a URL without a path gets /metrics."})
+    job: str = dataclasses.field(default=DEFAULT_JOB, metadata={"help": "The `job` label."})
+    instance: str | None = dataclasses.field(default=None, metadata={
+        "help": "The `instance` label (default: host:port of the URL)."})
+    labels: dict[str, str] = dataclasses.field(default_factory=dict, metadata={
+        "help": "Extra labels for every sample of this target."})
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
         if not self.url:
             raise ConfigError(f"{key}.url", "required: the URL to scrape")
         parts = urlsplit(self.url)
@@ -78,6 +97,37 @@ class TargetSettings:
                 raise ConfigError(f"{key}.labels.{name}", "not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*, no __)")
             if name in ("job", "instance"):
                 raise ConfigError(f"{key}.labels.{name}", f"set `{name}` with the target's own `{name}` key")
+
+
+@dataclasses.dataclass
+class FileSDSettings(TargetOptions):
+    """Targets read from files in Prometheus' file_sd format, re-read when they change
+    (archiver.discovery), and how to scrape them."""
+
+    files: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "Files of target groups ([{targets: [host:port, ...], labels: {...}}]), JSON (*.json) or YAML "
+                "(*.yml, *.yaml); a `*` in the file name matches many. Relative to the working directory."})
+    refresh_interval: Duration = dataclasses.field(default=DEFAULT_REFRESH, metadata={
+        "help": "Read the files again this often even when they look unchanged; a change is seen within a second."})
+    job: str = dataclasses.field(default=DEFAULT_JOB, metadata={
+        "help": "The `job` label, unless a group's labels set `job`."})
+    scheme: Literal["http", "https"] = dataclasses.field(default="http", metadata={
+        "help": "http or https, unless a group's labels set `__scheme__`."})
+    metrics_path: str = dataclasses.field(default="/metrics", metadata={
+        "help": "The path to scrape, unless a group's labels set `__metrics_path__`."})
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        if not self.files:
+            raise ConfigError(f"{key}.files", "required: a list of files of target groups (*.json, *.yml, *.yaml)")
+        for i, pattern in enumerate(self.files):
+            if not FILE_SD_PATTERN.match(pattern):
+                raise ConfigError(f"{key}.files[{i}]", f"{pattern!r} must end in .json, .yml or .yaml and have "
+                                  "one `*` at most, in the file name (as Prometheus requires)")
+        if not self.job:
+            raise ConfigError(f"{key}.job", "must not be empty")
+        if not self.metrics_path.startswith("/"):
+            raise ConfigError(f"{key}.metrics_path", f"{self.metrics_path!r} must start with /")
 
 
 @dataclasses.dataclass
@@ -148,6 +198,32 @@ class ScrapeSettings:
 
 
 @dataclasses.dataclass
+class ReceiveSettings:
+    """Prometheus' remote protocols on the archiver's listen address; each is closed until opened here
+    (like Prometheus' --web.enable-remote-write-receiver)."""
+
+    remote_write: bool = dataclasses.field(default=False, metadata={
+        "help": "Accept Prometheus' remote_write at POST /api/v1/write (Remote-Write 1.0)."})
+    remote_read: bool = dataclasses.field(default=False, metadata={
+        "help": "Answer Prometheus' remote_read at POST /api/v1/read (sampled responses)."})
+    body_size_limit: Size = dataclasses.field(default=Size(DEFAULT_LIMITS.body_size_limit), metadata={
+        "help": "Largest remote_write or remote_read request, after snappy decompression; a larger one gets 413."})
+    remote_read_sample_limit: int = dataclasses.field(default=DEFAULT_READ_SAMPLE_LIMIT, metadata={
+        "help": "Most samples one remote_read answers (its queries together); more get 400, as Prometheus' "
+                "--storage.remote.read-sample-limit. 0: no limit."})
+    remote_read_concurrent_limit: int = dataclasses.field(default=DEFAULT_READ_CONCURRENCY, metadata={
+        "help": "Remote reads served at once; more wait. As Prometheus' --storage.remote.read-concurrent-limit."})
+
+    def validate(self, key: str) -> None:
+        if self.body_size_limit < 1 << 10:
+            raise ConfigError(f"{key}.body_size_limit", "must be at least 1KiB")
+        if self.remote_read_sample_limit < 0:
+            raise ConfigError(f"{key}.remote_read_sample_limit", "must be 0 (no limit) or more")
+        if self.remote_read_concurrent_limit < 1:
+            raise ConfigError(f"{key}.remote_read_concurrent_limit", "must be at least 1")
+
+
+@dataclasses.dataclass
 class ScheduleSettings:
     rollup_interval: Duration = dataclasses.field(default=Duration(60), metadata={
         "help": "How often to pack closed hours and windows (compaction) and roll raw samples up into the tiers."})
@@ -170,6 +246,8 @@ class ArchiverSettings:
         "help": "Default scrape timeout (default: 10s, or the interval if shorter)."})
     targets: list[TargetSettings] = dataclasses.field(default_factory=list, metadata={
         "help": "What to scrape."})
+    file_sd_configs: list[FileSDSettings] = dataclasses.field(default_factory=list, metadata={
+        "help": "More targets, from files in Prometheus' file_sd format (re-read when they change)."})
     body_size_limit: Size = dataclasses.field(default=Size(DEFAULT_LIMITS.body_size_limit), metadata={
         "help": "Largest body (uncompressed) a scrape reads; a larger one fails the scrape. 0: no limit."})
     sample_limit: int = dataclasses.field(default=DEFAULT_LIMITS.sample_limit, metadata={
@@ -184,6 +262,7 @@ class ArchiverSettings:
     policy: Policy = dataclasses.field(default_factory=Policy)
     spool: SpoolSettings = dataclasses.field(default_factory=SpoolSettings)
     scrape: ScrapeSettings = dataclasses.field(default_factory=ScrapeSettings)
+    receive: ReceiveSettings = dataclasses.field(default_factory=ReceiveSettings)
     schedule: ScheduleSettings = dataclasses.field(default_factory=ScheduleSettings)
 
     def validate(self, key: str) -> None:
@@ -198,24 +277,34 @@ class ArchiverSettings:
         if self.scrape_timeout is not None and self.scrape_timeout > self.scrape_interval:
             raise ConfigError("scrape_timeout", f"{self.scrape_timeout:g}s is longer than scrape_interval "
                               f"{self.scrape_interval:g}s")
+        for section, entries in (("targets", self.targets), ("file_sd_configs", self.file_sd_configs)):
+            for i, options in enumerate(entries):
+                interval = options.scrape_interval or self.scrape_interval
+                timeout = self.timeout_for(options)
+                if timeout > interval:
+                    raise ConfigError(f"{section}[{i}].scrape_timeout",
+                                      f"{timeout:g}s is longer than the target's scrape interval {interval:g}s")
         seen: dict[tuple[str, str], int] = {}
         for i, target in enumerate(self.targets):
-            interval = target.scrape_interval or self.scrape_interval
-            timeout = self.timeout_for(target)
-            if timeout > interval:
-                raise ConfigError(f"targets[{i}].scrape_timeout",
-                                  f"{timeout:g}s is longer than the target's scrape interval {interval:g}s")
             identity = (target.job, self.instance_for(target))
             if identity in seen:
                 raise ConfigError(f"targets[{i}]", f"same job and instance as targets[{seen[identity]}] "
                                   f"({identity[0]}, {identity[1]}); set a different `instance`")
             seen[identity] = i
 
-    def timeout_for(self, target: TargetSettings) -> float:
+    def has_sources(self) -> bool:
+        """Whether there is anything to do: targets (static, or files that may list some), or a remote door open."""
+        return bool(self.targets or self.file_sd_configs or self.receive.remote_write or self.receive.remote_read)
+
+    def receive_limits(self) -> ScrapeLimits:
+        """The label limits remote_write series meet: the top-level ones, as a target without its own."""
+        return self.limits_for(TargetOptions())
+
+    def timeout_for(self, target: TargetOptions) -> float:
         interval = target.scrape_interval or self.scrape_interval
         return target.scrape_timeout or self.scrape_timeout or min(DEFAULT_TIMEOUT, interval)
 
-    def limits_for(self, target: TargetSettings) -> ScrapeLimits:
+    def limits_for(self, target: TargetOptions) -> ScrapeLimits:
         return ScrapeLimits(**{name: int(getattr(target, name) if getattr(target, name) is not None
                                          else getattr(self, name)) for name in LIMIT_KEYS})
 
@@ -245,7 +334,8 @@ def metrics_url(url: str) -> str:
 # Command-line options and the config keys they set, so an error names what the user typed.
 CLI_KEYS = {"listen": "--listen", "data_dir": "--data-dir", "scrape_interval": "--scrape-interval",
             "database.dsn": "--dsn", "log_level": "--log-level", "targets": "--target",
-            "max_connections": "--web.max-connections"}
+            "max_connections": "--web.max-connections", "receive.remote_write": "--enable-remote-write",
+            "receive.remote_read": "--enable-remote-read"}
 
 
 def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ArchiverSettings:
@@ -258,6 +348,11 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
             continue
         if key == "targets":
             data["targets"] = [{"url": url} for url in value]
+        elif key in ("receive.remote_write", "receive.remote_read"):
+            receive = data.get("receive")
+            receive = dict(receive) if isinstance(receive, dict) else {}
+            receive[key.split(".", 1)[1]] = value
+            data["receive"] = receive
         elif key == "database.dsn":
             database = data.get("database")
             database = dict(database) if isinstance(database, dict) else {}
