@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import requests
@@ -32,14 +33,19 @@ def stop_leftovers() -> None:
 class ArchiverProcess:
     """An archiver on a free loopback port with `config` (a dict written to YAML) and data in `data_dir`."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], *args: str, name: str = "archiver") -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], *args: str, name: str = "archiver",
+                 auth: tuple[str, str] | None = None) -> None:
+        """`auth`: the basic-auth user and password its web config (args) asks for."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.auth = auth
+        userinfo = f"{quote(auth[0], safe='')}:{quote(auth[1], safe='')}@" if auth else ""
         config = {"listen": f"127.0.0.1:{self.port}", "data_dir": str(workdir / "data"), **config}
         self.config_path = workdir / f"{name}-{self.port}.yml"
         self.config_path.write_text(yaml.safe_dump(config, allow_unicode=True))
         self.service = Service(python_module("perfwatch.archiver", "--config", str(self.config_path), *args),
-                               workdir / f"{name}.log", ready_url=f"{self.url}/-/ready", ready_timeout=60)
+                               workdir / f"{name}.log", ready_url=f"http://{userinfo}127.0.0.1:{self.port}/-/ready",
+                               ready_timeout=60)
 
     def start(self) -> ArchiverProcess:
         RUNNING.append(self)
@@ -47,7 +53,7 @@ class ArchiverProcess:
         return self
 
     def metrics(self) -> str:
-        r = requests.get(f"{self.url}/metrics", timeout=10)
+        r = requests.get(f"{self.url}/metrics", timeout=10, auth=self.auth)
         assert r.status_code == 200, r.text
         return r.text
 

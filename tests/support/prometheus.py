@@ -24,7 +24,8 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 class Prometheus:
     """Prometheus on a free loopback port with the config given, storing into `workdir`."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], port: int | None = None) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], port: int | None = None,
+                 args: list[str] | None = None) -> None:
         exe = shutil.which("prometheus")
         if exe is None:
             raise RuntimeError("prometheus not found: install Debian's prometheus package (scripts/test does)")
@@ -35,7 +36,7 @@ class Prometheus:
         config_path.write_text(yaml.safe_dump(config))
         self.service = Service(
             [exe, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn", *(args or [])],
             workdir / "prometheus.log", ready_url=f"{self.url}/-/ready", ready_timeout=60,
         )
 

@@ -172,6 +172,72 @@ BEGIN
 END
 $$;
 
+-- Prometheus' remote_read (perfwatch/archiver/remoteread.py) in two steps:
+--   perfwatch.match_series(matchers)                          the series selected, metric name included
+--   perfwatch.read_samples(ids, t_from, t_to, resolution)    their samples, or tier buckets, in time order
+-- The series whose labels, with the metric name as __name__, match every element of p_matchers: an
+-- array of labels_match matchers, one per Prometheus matcher (two on one label stay two).
+CREATE OR REPLACE FUNCTION perfwatch.match_series(p_matchers jsonb)
+    RETURNS TABLE (series_id integer, metric text, kind text, labels jsonb)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    names text[];
+    equal jsonb;
+BEGIN
+    IF jsonb_typeof(p_matchers) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'matchers must be a JSON array of matchers such as [{"job": "node"}], not %', p_matchers;
+    END IF;
+    -- Equality on the name narrows to its metrics, non-empty equality on labels through the GIN index.
+    SELECT array_agg(e -> '__name__' #>> '{}') INTO names FROM jsonb_array_elements(p_matchers) e
+        WHERE jsonb_typeof(e -> '__name__') = 'string';
+    SELECT coalesce(jsonb_object_agg(k.key, k.value), '{}') INTO equal
+        FROM jsonb_array_elements(p_matchers) e, jsonb_each(e) k
+        WHERE k.key <> '__name__' AND jsonb_typeof(k.value) = 'string' AND k.value <> '""';
+    RETURN QUERY
+        SELECT s.id, m.name, m.kind, s.labels
+        FROM perfwatch.metric m JOIN perfwatch.series s ON s.metric_id = m.id
+        WHERE (names IS NULL OR m.name = ALL (names))
+          AND s.labels @> equal
+          AND NOT EXISTS (SELECT FROM jsonb_array_elements(p_matchers) e
+                          WHERE NOT perfwatch.labels_match(s.labels || jsonb_build_object('__name__', m.name), e))
+        ORDER BY s.id;
+END
+$$;
+
+-- The samples of series p_ids in [t_from, t_to] (both ends included, as remote_read asks), or, where
+-- p_resolution is a tier's, that tier's buckets, with the finer levels for what it has not rolled
+-- up yet and the coarser for what it no longer holds (plan_tiers). A sample is a bucket of one
+-- (level raw). ts is the time of the bucket's last sample; increase is the bucket's own (pairs
+-- inside it), NULL for a gauge. Ordered by series, then time.
+CREATE OR REPLACE FUNCTION perfwatch.read_samples(p_ids integer[], t_from timestamptz, t_to timestamptz,
+                                                  p_resolution interval)
+    RETURNS TABLE (series_id integer, level text, ts timestamptz, count integer, sum double precision,
+                   min double precision, max double precision, first_value double precision,
+                   last_value double precision, increase double precision)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    seg record;
+    parts text[] := '{}';
+    hi timestamptz := t_to + interval '1 millisecond';
+BEGIN
+    FOR seg IN SELECT * FROM perfwatch.plan_tiers(t_from, hi, p_resolution) LOOP
+        parts := parts || format('SELECT %L AS level, b.* FROM (%s) b', seg.tier,
+                                 CASE WHEN seg.level = 0 THEN perfwatch.raw_buckets_sql(seg.lo, seg.hi, '$1')
+                                      ELSE perfwatch.tier_buckets_sql(seg.tier, seg.lo, seg.hi, '$1') END);
+    END LOOP;
+    IF cardinality(parts) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE format($q$
+        SELECT r.series_id, r.level, r.last_ts, r.count, r.sum, r.min, r.max, r.first_value, r.last_value,
+               r.increase::double precision
+        FROM (%s) r
+        WHERE r.last_ts >= $2 AND r.last_ts < $3
+        ORDER BY r.series_id, r.last_ts
+        $q$, array_to_string(parts, ' UNION ALL ')) USING p_ids, t_from, hi;
+END
+$$;
+
 -- A legend template such as '{{cpu}}/{{mode}}' filled from a series' labels (a label it lacks
 -- gives ''); without a template, the labels as {name="value", ...}.
 CREATE OR REPLACE FUNCTION perfwatch.format_legend(template text, labels jsonb) RETURNS text
@@ -287,5 +353,7 @@ GRANT EXECUTE ON FUNCTION
     perfwatch.series(text, jsonb, timestamptz, timestamptz, interval),
     perfwatch.panel(text, jsonb, timestamptz, timestamptz, interval, text, text),
     perfwatch.tier_status(timestamptz),
-    perfwatch.format_legend(text, jsonb)
+    perfwatch.format_legend(text, jsonb),
+    perfwatch.match_series(jsonb),
+    perfwatch.read_samples(integer[], timestamptz, timestamptz, interval)
 TO perfwatch_grafana;
