@@ -362,10 +362,18 @@ def test_prometheus_scrapes_the_compose_services_on_their_configured_ports() -> 
     assert jobs["perfwatch"] == [f"exporter{exporter.listen}"]
     assert jobs["perfwatch-archiver"] == [f"archiver{archiver_cfg['listen']}"]
     assert jobs["prometheus"] == ["localhost:9090"]
-    # The archiver scrapes the exporter as the same job and instance Prometheus uses.
-    (target,) = archiver_cfg["targets"]
-    assert target["url"] == f"http://{jobs['perfwatch'][0]}/metrics" and target["job"] == "perfwatch"
     assert archiver_cfg["scrape_interval"] == PROMETHEUS["global"]["scrape_interval"]
+
+
+def test_prometheus_writes_to_and_reads_from_the_archiver_which_scrapes_nothing_itself() -> None:
+    """Many hosts: Prometheus scrapes, the archive stores (remote_write) and answers old ranges
+    (remote_read). The archiver scraping the same hosts too would store every sample twice."""
+    archiver_cfg = yaml.safe_load((REPO / "provisioning/perfwatch/archiver.yml").read_text())
+    base = f"http://archiver{archiver_cfg['listen']}"
+    assert [w["url"] for w in PROMETHEUS["remote_write"]] == [f"{base}/api/v1/write"]
+    assert [(r["url"], r["read_recent"]) for r in PROMETHEUS["remote_read"]] == [(f"{base}/api/v1/read", False)]
+    assert archiver_cfg["receive"] == {"remote_write": True, "remote_read": True}
+    assert "targets" not in archiver_cfg and "file_sd_configs" not in archiver_cfg
 
 
 def test_archiver_config_compose_mounts_is_valid() -> None:
@@ -373,7 +381,7 @@ def test_archiver_config_compose_mounts_is_valid() -> None:
 
     settings = load_archiver_settings(REPO / "provisioning/perfwatch/archiver.yml")
     assert settings.database.dsn_file == secret_path("archiver_dsn")
-    assert [t.instance for t in settings.scrape_targets()] == ["exporter:10280"]
+    assert settings.scrape_targets() == [] and settings.has_sources()
     volume_targets = [v.split(":")[1] for v in SERVICES["archiver"]["volumes"] if v.startswith("archiver-data:")]
     assert volume_targets == [settings.data_dir]
 

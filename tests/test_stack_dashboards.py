@@ -163,11 +163,14 @@ def run_init_script(postgres: EmbeddedPostgres, secrets: Path) -> subprocess.Com
 
 
 def archiver_config(stack_dir: Path, exporter: str, port: int, dsn_file: Path, dead: str) -> Path:
-    """compose's archiver.yml, pointed at this stack and made fast (1 s scrapes, tiers of 2 s and 10 s)."""
+    """compose's archiver.yml, pointed at this stack and made fast (1 s scrapes, tiers of 2 s and 10 s).
+    Here the archiver scrapes the exporter itself (scripts/run's way, and a target down for its alert)
+    instead of receiving Prometheus' remote_write (compose's way; test_archiver_remote.py proves it)."""
     config = yaml.safe_load((REPO / "provisioning/perfwatch/archiver.yml").read_text())
     config.update(listen=f"127.0.0.1:{port}", data_dir=str(stack_dir / "archiver"), scrape_interval=SCRAPE,
                   log_level="info")
-    job = config["targets"][0]["job"]
+    config.pop("receive")
+    job = "perfwatch"  # the job Prometheus scrapes the exporter as
     config["targets"] = [{"url": f"http://{exporter}/metrics", "job": job},
                          {"url": f"http://{dead}/metrics", "job": job}]  # nothing listens: a target down
     config["database"]["dsn_file"] = str(dsn_file)
@@ -184,6 +187,8 @@ def prometheus_config(exporter: str, hardware: str, archiver: str, prometheus_po
     config = yaml.safe_load((REPO / "provisioning/prometheus/prometheus.yml").read_text())
     config["global"].update(scrape_interval=SCRAPE, evaluation_interval=SCRAPE, scrape_timeout=SCRAPE)
     config["rule_files"] = [str(REPO / "provisioning/prometheus" / f) for f in config["rule_files"]]
+    for door in ("remote_write", "remote_read"):  # the archiver scrapes for itself here (archiver_config)
+        config.pop(door)
     targets = {"perfwatch": [exporter, hardware], "perfwatch-archiver": [archiver],
                "prometheus": [f"127.0.0.1:{prometheus_port}"]}
     for job in config["scrape_configs"]:
