@@ -41,9 +41,16 @@ from contextlib import contextmanager
 from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 import psutil
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
 
-NAMESPACE = "perfwatch"
+NAMESPACE = "perfwatch"  # what node_exporter has no metric for
+NODE = "node"  # what node_exporter has: its exact name, labels, unit, type and source field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +84,9 @@ class Collector(ABC, Generic[OptionsT]):
     name: ClassVar[str]
     description: ClassVar[str]
     default_enabled: ClassVar[bool] = True
+    # node_exporter's collectors whose metrics this one exposes under their names (`--collector.X`),
+    # for the side-by-side test and the README's table; () for perfwatch's own (perf).
+    node_collectors: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[Any]] = NoOptions  # set from the type parameter: Collector[FooOptions]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -118,26 +128,34 @@ def register(cls: type[Collector[Any]]) -> type[Collector[Any]]:
     return cls
 
 
-def metric_name(name: str) -> str:
-    return f"{NAMESPACE}_{name}"
+def metric_name(name: str, namespace: str = NAMESPACE) -> str:
+    return f"{namespace}_{name}"
 
 
 def counter(name: str, documentation: str, value: float | None = None,
-            labels: Sequence[str] | None = None) -> CounterMetricFamily:
-    """A counter family `perfwatch_<name>`; `name` ends in `_total` (the sample name keeps it)."""
+            labels: Sequence[str] | None = None, *, namespace: str = NAMESPACE) -> CounterMetricFamily:
+    """A counter family `<namespace>_<name>` (perfwatch_… or node_…); `name` ends in `_total`
+    (the sample name keeps it)."""
     if not name.endswith("_total"):
         raise ValueError(f"counter {name!r} must end in _total")
-    return CounterMetricFamily(metric_name(name), documentation, value=value, labels=labels)
+    return CounterMetricFamily(metric_name(name, namespace), documentation, value=value, labels=labels)
 
 
 def gauge(name: str, documentation: str, value: float | None = None,
-          labels: Sequence[str] | None = None) -> GaugeMetricFamily:
-    return GaugeMetricFamily(metric_name(name), documentation, value=value, labels=labels)
+          labels: Sequence[str] | None = None, *, namespace: str = NAMESPACE) -> GaugeMetricFamily:
+    return GaugeMetricFamily(metric_name(name, namespace), documentation, value=value, labels=labels)
 
 
-def info(name: str, documentation: str, value: dict[str, str]) -> InfoMetricFamily:
-    """An info family: renders as `perfwatch_<name>_info{…} 1`."""
-    return InfoMetricFamily(metric_name(name), documentation, value=value)
+def untyped(name: str, documentation: str, value: float | None = None,
+            labels: Sequence[str] | None = None, *, namespace: str = NODE) -> UnknownMetricFamily:
+    """A family without a type (`# TYPE … untyped`): only where node_exporter exposes its own
+    metric that way (netstat, vmstat, sockstat, ...), so that its users' queries see the same."""
+    return UnknownMetricFamily(metric_name(name, namespace), documentation, value=value, labels=labels)
+
+
+def info(name: str, documentation: str, value: dict[str, str], *, namespace: str = NAMESPACE) -> InfoMetricFamily:
+    """An info family: renders as `<namespace>_<name>_info{…} 1`."""
+    return InfoMetricFamily(metric_name(name, namespace), documentation, value=value)
 
 
 def read_bytes(path: str) -> bytes:
