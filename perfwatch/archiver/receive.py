@@ -52,7 +52,9 @@ INSTANCE = "receiver"
 # drop the oldest batches, which the sender still holds and would gladly send again later.
 SPOOL_HIGH_WATER = 0.9
 RETRY_AFTER_SECONDS = 5
-MAX_FAMILIES = 100_000  # metadata remembered; a sender with more families gets guesses for the rest
+MAX_FAMILIES = 100_000
+# Series whose checked labels are remembered (~0.5 KB each: 100 MB at most); past it, forgotten at once.
+MAX_CHECKED_SERIES = 200_000  # metadata remembered; a sender with more families gets guesses for the rest
 # The suffixes a sample name adds to its family's name (OpenMetrics and the text format).
 _SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum", "_gcount", "_gsum", "_info")
 _PROTOBUF = "application/x-protobuf"
@@ -102,6 +104,8 @@ class RemoteWriteReceiver:
         self.limits = limits
         self.body_size_limit = body_size_limit
         self._families: dict[str, tuple[str, str, str]] = {}  # family name → (type, help, unit)
+        # Labels as sent → (metric name, labels to store, why refused or None); see _batch.
+        self._checked: dict[tuple[tuple[str, str], ...], tuple[str, tuple[tuple[str, str], ...], str | None]] = {}
         self._lock = threading.Lock()
         self._logged: set[str] = set()  # problems logged at warning once; later ones at debug
         for code in ("204", "400", "413", "415", "503"):
@@ -111,7 +115,9 @@ class RemoteWriteReceiver:
 
     def configure(self, limits: ScrapeLimits, body_size_limit: int) -> None:
         """A reload's new limits, for the next requests."""
-        self.limits, self.body_size_limit = limits, body_size_limit
+        with self._lock:
+            self.limits, self.body_size_limit = limits, body_size_limit
+            self._checked.clear()  # checked against the old limits
 
     def handle(self, request: Request) -> Response:
         response = self._handle(request)
@@ -180,9 +186,20 @@ class RemoteWriteReceiver:
         samples: list[Sample] = []
         metadata: dict[str, MetricMeta] = {}
         refused: dict[str, int] = {}
+        checked = self._checked
+        looked_up: set[str] = set()  # names whose metadata was looked up (found or not)
         with self._lock:
             for series in timeseries:
-                name, labels, problem = self._labels(series.labels)  # type: ignore[attr-defined]
+                # The same series come in every request: their checked labels are remembered,
+                # keyed by the labels as sent (checking them again was most of a request's cost).
+                key = tuple([(p.name, p.value) for p in series.labels])  # type: ignore[attr-defined]
+                found = checked.get(key)
+                if found is None:
+                    found = self._labels(key)
+                    if len(checked) >= MAX_CHECKED_SERIES:
+                        checked.clear()
+                    checked[key] = found
+                name, labels, problem = found
                 histograms = len(series.histograms)  # type: ignore[attr-defined]
                 if problem is None and histograms and not series.samples:  # type: ignore[attr-defined]
                     reason, problem = "native_histogram", f"{name} holds native histogram samples only"
@@ -192,18 +209,19 @@ class RemoteWriteReceiver:
                     self.metrics.remote_write_refused.labels(reason).inc()
                     refused[problem] = refused.get(problem, 0) + 1
                     continue
-                if name not in metadata and (meta := self._meta(name)) is not None:
-                    metadata[name] = meta
-                samples.extend(Sample(name, labels, s.value, s.timestamp)
-                               for s in series.samples)  # type: ignore[attr-defined]
+                if name not in looked_up:
+                    looked_up.add(name)
+                    if (meta := self._meta(name)) is not None:
+                        metadata[name] = meta
+                samples.extend([Sample(name, labels, s.value, s.timestamp)
+                                for s in series.samples])  # type: ignore[attr-defined]
         return Batch(JOB, INSTANCE, time.time_ns() // 1_000_000, samples, metadata), refused
 
-    def _labels(self, pairs: Iterable[object]) -> tuple[str, tuple[tuple[str, str], ...], str | None]:
+    def _labels(self, pairs: Iterable[tuple[str, str]]) -> tuple[str, tuple[tuple[str, str], ...], str | None]:
         """(metric name, the other labels sorted, why the series cannot be stored or None)."""
         labels: dict[str, str] = {}
         name = ""
-        for pair in pairs:
-            key, value = pair.name, pair.value  # type: ignore[attr-defined]
+        for key, value in pairs:
             if key in labels or (key == "__name__" and name):
                 return name, (), f"label {key!r} given twice"
             if key == "__name__":
