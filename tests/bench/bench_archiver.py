@@ -1,10 +1,12 @@
 """What the archiver costs on its way to PostgreSQL, and how much one archiver keeps up with.
 
     .venv/bin/python tests/bench/bench_archiver.py [stages] [--batches 300] [--segment-mib 8]
-    .venv/bin/python tests/bench/bench_archiver.py cpu [--targets 40] [--series 1000] [--interval 5]
-                                                   [--workers 0 2] [--seconds 60] [--prometheus]
-    .venv/bin/python tests/bench/bench_archiver.py ramp [--targets 40] [--series 1000] [--interval 5]
-                                                   [--workers 0 2] [--seconds 60] [--bisect 1]
+    .venv/bin/python tests/bench/bench_archiver.py cpu [--path scrape remote_write] [--targets 40]
+                                                   [--series 1000] [--interval 5] [--workers 0 2]
+                                                   [--seconds 60] [--prometheus]
+    .venv/bin/python tests/bench/bench_archiver.py ramp [--path scrape remote_write] [--targets 40]
+                                                   [--series 1000] [--interval 5] [--workers 0 2]
+                                                   [--seconds 60] [--bisect 1]
 
 **stages**: one real exposition (a perfwatch-exporter process with its default collectors, fetched
 once) is turned into `--batches` batches, each with its own timestamp, and sent down the
@@ -39,7 +41,31 @@ archiver keeps up. A point passes ("keeps up") when the written rate is ≥ 98 %
 (targets x samples / interval), the spool did not grow over the window, and no scrape was skipped
 or failed.
 
-Printed: which parser scrape.py uses, the machine's CPUs and load, and one table per mode.
+**--path** (cpu, ramp; default `scrape`): how the samples reach the archiver; each path given is
+measured in turn in the same run, on the same embedded PostgreSQL, with the same series (the
+synthetic targets' names, labels and values, `job` and `instance` included), and printed in one
+table with a column for the path:
+
+* scrape:       the archiver scrapes the targets, as above, once per `--workers` value;
+* remote_write: the archiver scrapes nothing and has `receive.remote_write: true`; a sender, a
+  process of the bench's own, POSTs to its /api/v1/write what the targets hold, as Prometheus'
+  remote_write would: for each target, every interval (the targets spread over it), its series
+  in WriteRequests of at most 2,000 samples (Prometheus' default max_samples_per_send since 2.44,
+  prometheus#12203; Debian's 2.42 sends 500), one sample per series with the send's timestamp,
+  snappy-compressed, with Remote-Write 1.0's headers, on 8 keep-alive connections (Prometheus'
+  shards), and each target's metadata at the start and every minute. The bodies are built once
+  (perfwatch.archiver.prompb); a send only splices in its timestamp and scrape number, and
+  compresses. `scrape.workers` does not apply (workers "-"): it runs once. The samples written
+  are those of job "remote_write"; `skipped` counts the sends that started more than an interval
+  late (all connections waiting on the archiver), `failed` the answers not 2xx (503: the archiver
+  asks for a retry; the bench does not retry) and connection errors. The note says what the
+  sender sent, its CPU, how long the archiver took to answer, and "SENDER BEHIND" where the
+  sender itself could not keep the offered rate (its schedule late, or its core full): the point
+  then measures the sender, not the archiver. In ramp, each path has a database of its own,
+  shared by its points.
+
+Printed: which parser scrape.py uses, the machine's CPUs and load (at the start and at the end),
+and one table per mode; `wrk ms` is the part of `cpu ms/1k` spent in the scrape workers.
 """
 
 from __future__ import annotations
@@ -48,17 +74,21 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import pickle
 import statistics
+import struct
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import cramjam
 import psycopg
 import requests
 import yaml
@@ -70,10 +100,13 @@ sys.path.insert(0, str(REPO / "tests"))
 from support.exposition import samples as exposed_samples  # noqa: E402
 from support.procs import Service, free_port, python_module  # noqa: E402
 
+from perfwatch.archiver import prompb  # noqa: E402
 from perfwatch.archiver.db import make_engine  # noqa: E402
 from perfwatch.archiver.embedded import EmbeddedPostgres  # noqa: E402
 from perfwatch.archiver.migrate import apply_migrations  # noqa: E402
 from perfwatch.archiver.policy import Policy, mirror_policy  # noqa: E402
+from perfwatch.archiver.receive import JOB as REMOTE_WRITE_JOB  # noqa: E402
+from perfwatch.archiver.receive import WRITE_PATH  # noqa: E402
 from perfwatch.archiver.scrape import parse_exposition  # noqa: E402
 from perfwatch.archiver.spool import Spool  # noqa: E402
 from perfwatch.archiver.store import Store  # noqa: E402
@@ -83,6 +116,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 KEEP_UP = 0.98  # written / offered at least this, for a point to pass
 WARM_UP_S = 180  # longest wait for an archiver to have written its first scrapes' backlog
 MIN_INTERVAL = 0.1  # seconds: the ramp stops halving the interval here
+PATHS = ("scrape", "remote_write")
+MAX_SAMPLES_PER_SEND = 2000  # remote_write: samples per request at most (Prometheus' max_samples_per_send)
+SENDER_CONNECTIONS = 8  # remote_write: keep-alive connections sending at once (Prometheus' shards)
+METADATA_INTERVAL_S = 60  # remote_write: metadata sent this often (Prometheus' metadata_config.send_interval)
 
 
 def parser_in_use() -> str:
@@ -222,8 +259,8 @@ def target_body(series: int) -> tuple[bytes, bytes]:
 
 
 def samples_in(series: int) -> int:
-    head, _ = target_body(series)
-    return sum(1 for line in head.decode().splitlines() if line and not line.startswith("#")) + 1
+    head, _ = target_body(series)  # its last line is the scrape number's, its value still to come
+    return sum(1 for line in head.decode().splitlines() if line and not line.startswith("#"))
 
 
 async def _serve_targets(port: int, series: int) -> None:
@@ -286,6 +323,240 @@ class Targets:
         return self.service.proc.pid
 
 
+# -- a remote_write sender (a process of its own) ------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+# Placeholders in the serialized WriteRequests, replaced at each send: every sample's timestamp
+# (a 6-byte varint, as every millisecond timestamp from 1971 to 2109 is), and the scrape number's
+# value (a double, 8 bytes) — so a body is built once, and a send only splices in its bytes.
+_TS_PLACEHOLDER = 1_111_111_111_111
+_TS_FIELD = b"\x10"  # Sample.timestamp: field 2, varint
+_NUMBER_PLACEHOLDER = 987_654_321.123_456_7
+_VALUE_FIELD = b"\x09"  # Sample.value: field 1, 64-bit
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteBody:
+    """One WriteRequest of a target's series, serialized with placeholders (see above)."""
+
+    raw: bytes
+    samples: int
+    number: bool  # holds the scrape-number sample
+
+    def build(self, timestamp_ms: int, number: int) -> bytes:
+        """The compressed body, sent with `timestamp_ms` on every sample."""
+        stamp = _varint(timestamp_ms)
+        assert len(stamp) == len(_varint(_TS_PLACEHOLDER)), "a timestamp outside 1971-2109"
+        raw = self.raw.replace(_TS_FIELD + _varint(_TS_PLACEHOLDER), _TS_FIELD + stamp)
+        if self.number:
+            raw = raw.replace(_VALUE_FIELD + struct.pack("<d", _NUMBER_PLACEHOLDER),
+                              _VALUE_FIELD + struct.pack("<d", float(number)))
+        return bytes(cramjam.snappy.compress_raw(raw))
+
+
+def write_bodies(series: int, instance: str) -> list[WriteBody]:
+    """What a target's scrape holds, as Prometheus would remote-write it: the synthetic target's
+    samples (the same names, labels and values, parsed by the archiver's own parser), with the
+    target's `job` and `instance`, in WriteRequests of at most MAX_SAMPLES_PER_SEND samples."""
+    head, tail = target_body(series)
+    text = (head + b"0" + tail).decode()
+    samples = parse_exposition(text, {"job": "bench", "instance": instance}, 0).samples
+    bodies = []
+    for start in range(0, len(samples), MAX_SAMPLES_PER_SEND):
+        request = prompb.WriteRequest()
+        number = False
+        for s in samples[start:start + MAX_SAMPLES_PER_SEND]:
+            series_message = request.timeseries.add()
+            series_message.labels.add(name="__name__", value=s.name)  # sorted: "__name__" first
+            for key, value in s.labels:
+                series_message.labels.add(name=key, value=value)
+            is_number = s.name == "bench_scrape_number"
+            number = number or is_number
+            series_message.samples.add(value=_NUMBER_PLACEHOLDER if is_number else s.value,
+                                       timestamp=_TS_PLACEHOLDER)
+        raw = request.SerializeToString()
+        count = len(request.timeseries)
+        # The placeholders must be found where they stand and nowhere else (not inside a value).
+        assert raw.count(_TS_FIELD + _varint(_TS_PLACEHOLDER)) == count
+        assert raw.count(_VALUE_FIELD + struct.pack("<d", _NUMBER_PLACEHOLDER)) == int(number)
+        bodies.append(WriteBody(raw, count, number))
+    check = prompb.WriteRequest.FromString(bytes(cramjam.snappy.decompress_raw(bodies[-1].build(1_700_000_000_123, 7))))
+    assert {s.timestamp for ts in check.timeseries for s in ts.samples} == {1_700_000_000_123}
+    return bodies
+
+
+def metadata_body(series: int) -> bytes:
+    """The synthetic target's families (TYPE, HELP) as a metadata-only WriteRequest, compressed."""
+    head, _ = target_body(series)
+    families: dict[str, list[str]] = {}
+    for line in head.decode().splitlines():
+        if line.startswith(("# TYPE ", "# HELP ")):
+            _, what, name, rest = line.split(" ", 3)
+            families.setdefault(name, ["unknown", ""])[0 if what == "TYPE" else 1] = rest
+    types = {name: number for number, name in prompb.METRIC_TYPES.items()}
+    request = prompb.WriteRequest()
+    for name, (kind, help_text) in families.items():
+        request.metadata.add(type=types[kind], metric_family_name=name, help=help_text)
+    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection to the archiver, opened again after an error."""
+
+    def __init__(self, host: str, port: int, path: str) -> None:
+        self.host, self.port, self.path = host, port, path
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: bytes) -> int:
+        """POST `body` as a remote_write request; the answer's status (its body read and dropped)."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        try:
+            self.writer.write(f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                              "User-Agent: perfwatch-bench-archiver\r\nContent-Encoding: snappy\r\n"
+                              "Content-Type: application/x-protobuf\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n"
+                              f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await self.writer.drain()
+            head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            status = int(head[0].split(" ", 2)[1])
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+            await self.reader.readexactly(int(headers.get("content-length", "0")))
+            if headers.get("connection", "").lower() == "close":
+                self.close()
+            return status
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def _send_remote_write(url: str, port: int, targets: int, series: int, interval: float) -> None:
+    """Every `interval`, for each of `targets` targets (spread over the interval), its WriteRequests
+    into a queue that SENDER_CONNECTIONS keep-alive connections take from; a metadata request per
+    target at the start and every METADATA_INTERVAL_S, as Prometheus sends. GET /stats on `port`
+    says what was due, sent and answered. A request that is not answered 2xx is counted, not retried."""
+    split = urlsplit(url)
+    host, archiver_port = split.hostname or "127.0.0.1", split.port or 80
+    bodies = [write_bodies(series, f"t{i}") for i in range(targets)]
+    metadata = metadata_body(series)
+    stats: dict[str, Any] = {"due": 0, "started": 0, "answered": 0, "samples_due": 0, "samples_ok": 0, "late": 0,
+                             "errors": 0, "codes": {}, "loop_lag_max_s": 0.0, "queued_max_s": 0.0,
+                             "answer_s": 0.0, "first_error": ""}
+    queue: asyncio.Queue[tuple[float, WriteBody | None, int, int]] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    async def connection() -> None:
+        conn = _Connection(host, archiver_port, split.path or WRITE_PATH)
+        while True:
+            due, body, timestamp_ms, number = await queue.get()
+            started = loop.time()
+            body_bytes = metadata if body is None else body.build(timestamp_ms, number)
+            if body is not None:
+                stats["started"] += 1
+                stats["queued_max_s"] = max(stats["queued_max_s"], started - due)
+                if started - due > interval:
+                    stats["late"] += 1
+            try:
+                status = await conn.post(body_bytes)
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as err:
+                stats["errors"] += 1
+                stats["first_error"] = stats["first_error"] or repr(err)
+                await asyncio.sleep(0.1)
+                continue
+            stats["codes"][str(status)] = stats["codes"].get(str(status), 0) + 1
+            if body is not None:
+                stats["answered"] += 1
+                stats["answer_s"] += loop.time() - started
+                if 200 <= status < 300:
+                    stats["samples_ok"] += body.samples
+
+    async def schedule() -> None:
+        start, wall = loop.time() + 0.2, time.time() + 0.2
+        next_metadata = start
+        for k in itertools.count():
+            for i in range(targets):
+                offset = (k + i / targets) * interval
+                await asyncio.sleep(max(0.0, start + offset - loop.time()))
+                now = loop.time()
+                stats["loop_lag_max_s"] = max(stats["loop_lag_max_s"], now - (start + offset))
+                if now >= next_metadata:
+                    next_metadata += METADATA_INTERVAL_S
+                    for _ in range(targets):
+                        queue.put_nowait((now, None, 0, 0))
+                for body in bodies[i]:
+                    stats["due"] += 1
+                    stats["samples_due"] += body.samples
+                    queue.put_nowait((start + offset, body, round((wall + offset) * 1000), k))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = await reader.readuntil(b"\r\n\r\n")
+                body = json.dumps({**stats, "queued": queue.qsize()}).encode()
+                if request.split(b" ", 2)[1] == b"/stats/window":
+                    stats["loop_lag_max_s"] = stats["queued_max_s"] = 0.0
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    tasks = [asyncio.create_task(connection()) for _ in range(SENDER_CONNECTIONS)]
+    tasks.append(asyncio.create_task(schedule()))
+    print("ready", flush=True)
+    async with server:
+        await asyncio.gather(server.serve_forever(), *tasks)
+
+
+class Sender:
+    """The remote_write sender for one point: a child process, its counters at /stats."""
+
+    def __init__(self, workdir: Path, url: str, targets: int, series: int, interval: float) -> None:
+        self.port = free_port()
+        self.service = Service([sys.executable, __file__, "send", "--port", str(self.port), "--url", url,
+                                "--targets", str(targets), "--series", str(series), "--interval", repr(interval)],
+                               workdir / f"sender-{self.port}.log", ready_url=f"http://127.0.0.1:{self.port}/stats")
+
+    def __enter__(self) -> Sender:
+        self.service.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.service.stop()
+
+    def stats(self, window: bool = False) -> dict[str, Any]:
+        """Its counters; with `window`, the maxima (loop lag, time queued) since the last such call,
+        and started again."""
+        found: dict[str, Any] = requests.get(f"http://127.0.0.1:{self.port}/stats{'/window' if window else ''}",
+                                             timeout=10).json()
+        return found
+
+    @property
+    def pid(self) -> int:
+        assert self.service.proc is not None
+        return self.service.proc.pid
+
+
 # -- CPU from /proc --------------------------------------------------------------------------
 
 
@@ -334,16 +605,18 @@ def cpu_split(root: int) -> tuple[float, float]:
 @dataclasses.dataclass
 class Point:
     who: str
+    path: str  # scrape or remote_write
+    workers: str  # scrape.workers ("-": does not apply)
     targets: int
     interval: float
-    offered: float  # samples/s the targets would serve on schedule
+    offered: float  # samples/s the targets would serve (the sender would send) on schedule
     written: float  # samples/s the archiver wrote (Prometheus: samples/s served to it)
     cpu_ms: float  # per 1,000 samples (archiver: written; Prometheus: served), its children included
     pg_ms: float  # PostgreSQL's, per 1,000 samples written
     workers_ms: float = 0.0  # of cpu_ms, the scrape workers' (the archiver's children)
     spool_growth: int = 0
-    skipped: int = 0
-    failed: int = 0
+    skipped: int = 0  # scrapes skipped; remote_write: sends started more than an interval late
+    failed: int = 0  # scrapes failed; remote_write: answers not 2xx, and connection errors
     oldest_age: float = 0.0
     note: str = ""
 
@@ -353,13 +626,19 @@ class Point:
                 and self.spool_growth <= max(2, self.targets // 10))
 
 
-def scrape_metrics(url: str) -> dict[str, float]:
-    """Sums per metric name of the archiver's /metrics (labels summed over)."""
+def scrape_metrics(url: str, job: str | None = None) -> dict[str, float]:
+    """Sums per metric name of the archiver's /metrics (labels summed over); with `job`, samples with
+    a `job` label of another value are left out."""
     text = requests.get(f"{url}/metrics", timeout=30).text
     found: dict[str, float] = {}
     for s in exposed_samples(text):
-        found[s.name] = found.get(s.name, 0.0) + float(s.value)
+        if job is None or s.labels.get("job", job) == job:
+            found[s.name] = found.get(s.name, 0.0) + float(s.value)
     return found
+
+
+def _not_2xx(stats: dict[str, Any]) -> int:
+    return sum(n for code, n in stats["codes"].items() if not code.startswith("2"))
 
 
 class Bench:
@@ -386,51 +665,71 @@ class Bench:
             with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    def archiver(self, targets: Targets, count: int, workers: int, interval: float, dsn: str | None = None) -> Point:
-        """One archiver for args.seconds after its warm-up; on database `dsn`, or a new one."""
+    def archiver(self, targets: Targets, count: int, workers: int | None, interval: float, dsn: str | None = None,
+                 path: str = "scrape") -> Point:
+        """One archiver for args.seconds after its warm-up; on database `dsn`, or a new one. `path`
+        scrape: it scrapes `count` of the targets; remote_write: it scrapes nothing, and a Sender
+        remote-writes what those targets hold (`workers` is None)."""
         with contextlib.ExitStack() as stack:
             if dsn is None:
                 dsn = stack.enter_context(self.database())
-            return self._archiver(targets, count, workers, interval, dsn)
+            return self._archiver(targets, count, workers, interval, dsn, path)
 
-    def _archiver(self, targets: Targets, count: int, workers: int, interval: float, dsn: str) -> Point:
+    def _archiver(self, targets: Targets, count: int, workers: int | None, interval: float, dsn: str,
+                  path: str) -> Point:
         args = self.args
         offered = count * targets.per_scrape / interval
         parser = parser_in_use().split()[0]  # each archiver imports scrape.py anew: say which it had
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        config = {"listen": f"127.0.0.1:{port}", "data_dir": str(self.workdir / f"data-{port}"),
-                  "log_level": "warning", "scrape_interval": f"{round(interval * 1000)}ms",
-                  "scrape": {"workers": workers}, "database": {"dsn": dsn},
-                  "targets": [{"url": targets.url(i), "job": "bench", "instance": f"t{i}"} for i in range(count)]}
-        path = self.workdir / f"archiver-{port}.yml"
-        path.write_text(yaml.safe_dump(config))
+        config: dict[str, Any] = {"listen": f"127.0.0.1:{port}", "data_dir": str(self.workdir / f"data-{port}"),
+                                  "log_level": "warning", "scrape_interval": f"{round(interval * 1000)}ms",
+                                  "database": {"dsn": dsn}}
+        if path == "scrape":
+            config["scrape"] = {"workers": workers}
+            config["targets"] = [{"url": targets.url(i), "job": "bench", "instance": f"t{i}"} for i in range(count)]
+        else:
+            config["receive"] = {"remote_write": True}
+        job = REMOTE_WRITE_JOB if path == "remote_write" else None
+        config_path = self.workdir / f"archiver-{port}.yml"
+        config_path.write_text(yaml.safe_dump(config))
         log = self.workdir / f"archiver-{port}.log"
-        service = Service(python_module("perfwatch.archiver", "--config", str(path)), log,
+        service = Service(python_module("perfwatch.archiver", "--config", str(config_path)), log,
                           ready_url=f"{url}/-/ready", ready_timeout=120).start()
         assert service.proc is not None
+        sent0: dict[str, Any] = {}
+        sent1: dict[str, Any] = {}
+        sender_cpu = 0.0
         try:
-            # Warm-up: every target's series created and written, and the backlog that made (series
-            # are created at the first scrape) written too — or, for an archiver that cannot catch
-            # up, WARM_UP_S. Then one interval more.
-            deadline = time.monotonic() + WARM_UP_S
-            while time.monotonic() < deadline:
-                m = scrape_metrics(url)
-                if (m.get("perfwatch_archiver_samples_written_total", 0) >= count * targets.per_scrape
-                        and m.get("perfwatch_archiver_spool_batches", 0) <= max(2, count // 10)
-                        and m.get("perfwatch_archiver_spool_oldest_age_seconds", 0) < 2 * interval + 1):
-                    break
-                time.sleep(1)
-            time.sleep(interval)
-            m0, t0 = scrape_metrics(url), time.monotonic()
-            cpu0, pg0 = cpu_split(service.proc.pid), cpu_seconds(self.postmaster())
-            oldest = 0.0
-            end = t0 + args.seconds
-            while time.monotonic() < end:
-                time.sleep(min(5.0, max(0.0, end - time.monotonic())))
-                oldest = max(oldest, scrape_metrics(url).get("perfwatch_archiver_spool_oldest_age_seconds", 0))
-            cpu1, pg1 = cpu_split(service.proc.pid), cpu_seconds(self.postmaster())
-            m1, t1 = scrape_metrics(url), time.monotonic()
+            with contextlib.ExitStack() as stack:
+                sender = None if path == "scrape" else stack.enter_context(
+                    Sender(self.workdir, url + WRITE_PATH, count, targets.series, interval))
+                # Warm-up: every target's series created and written, and the backlog that made (series
+                # are created at the first scrape) written too — or, for an archiver that cannot catch
+                # up, WARM_UP_S. Then one interval more.
+                deadline = time.monotonic() + WARM_UP_S
+                while time.monotonic() < deadline:
+                    m = scrape_metrics(url, job)
+                    if (m.get("perfwatch_archiver_samples_written_total", 0) >= count * targets.per_scrape
+                            and m.get("perfwatch_archiver_spool_batches", 0) <= max(2, count // 10)
+                            and m.get("perfwatch_archiver_spool_oldest_age_seconds", 0) < 2 * interval + 1):
+                        break
+                    time.sleep(1)
+                time.sleep(interval)
+                if sender is not None:
+                    sent0, sender_cpu = sender.stats(window=True), cpu_seconds(sender.pid)
+                m0, t0 = scrape_metrics(url, job), time.monotonic()
+                cpu0, pg0 = cpu_split(service.proc.pid), cpu_seconds(self.postmaster())
+                oldest = 0.0
+                end = t0 + args.seconds
+                while time.monotonic() < end:
+                    time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+                    oldest = max(oldest,
+                                 scrape_metrics(url, job).get("perfwatch_archiver_spool_oldest_age_seconds", 0))
+                cpu1, pg1 = cpu_split(service.proc.pid), cpu_seconds(self.postmaster())
+                m1, t1 = scrape_metrics(url, job), time.monotonic()
+                if sender is not None:
+                    sent1, sender_cpu = sender.stats(window=True), cpu_seconds(sender.pid) - sender_cpu
         finally:
             service.stop(timeout=60)
 
@@ -439,12 +738,17 @@ class Bench:
 
         written = delta("perfwatch_archiver_samples_written_total")
         per_k = 1000 / written if written else float("nan")
-        return Point(f"archiver, workers {workers}", count, interval, offered, written / (t1 - t0),
-                     (sum(cpu1) - sum(cpu0)) * 1000 * per_k, (pg1 - pg0) * 1000 * per_k,
-                     workers_ms=(cpu1[1] - cpu0[1]) * 1000 * per_k, note=parser,
-                     spool_growth=int(delta("perfwatch_archiver_spool_batches")),
-                     skipped=int(delta("perfwatch_archiver_scrapes_skipped_total")),
-                     failed=int(delta("perfwatch_archiver_scrape_failures_total")), oldest_age=oldest)
+        point = Point("archiver", path, "-" if workers is None else str(workers), count, interval, offered,
+                      written / (t1 - t0), (sum(cpu1) - sum(cpu0)) * 1000 * per_k, (pg1 - pg0) * 1000 * per_k,
+                      workers_ms=(cpu1[1] - cpu0[1]) * 1000 * per_k, note=parser,
+                      spool_growth=int(delta("perfwatch_archiver_spool_batches")),
+                      skipped=int(delta("perfwatch_archiver_scrapes_skipped_total")),
+                      failed=int(delta("perfwatch_archiver_scrape_failures_total")), oldest_age=oldest)
+        if path == "remote_write":
+            point.skipped = sent1["late"] - sent0["late"]
+            point.failed = _not_2xx(sent1) - _not_2xx(sent0) + sent1["errors"] - sent0["errors"]
+            point.note = sender_note(sent0, sent1, t1 - t0, offered, sender_cpu / (t1 - t0), interval)
+        return point
 
     def prometheus(self, targets: Targets, count: int) -> Point | None:
         from support.prometheus import Prometheus
@@ -471,23 +775,52 @@ class Bench:
             time.sleep(args.seconds)
             served1, cpu1, t1 = targets.served(), cpu_seconds(prometheus.service.proc.pid), time.monotonic()
         served = served1 - served0
-        return Point("Prometheus 2.42", count, args.interval, offered, served / (t1 - t0),
+        return Point("Prometheus 2.42", "scrape", "-", count, args.interval, offered, served / (t1 - t0),
                      (cpu1 - cpu0) * 1e6 / served, 0.0,
                      note="TSDB included")
 
 
-HEADER = (f"{'who':<20} {'targets':>7} {'every':>6} {'offered/s':>10} {'written/s':>10} {'cpu ms/1k':>10} "
-          f"{'workers':>8} {'pg ms/1k':>9} {'spool +':>7} {'skipped':>7} {'failed':>6} {'oldest s':>8}  keeps up")
+def sender_note(sent0: dict[str, Any], sent1: dict[str, Any], seconds: float, offered: float, cpu_share: float,
+                interval: float) -> str:
+    """What the remote_write sender did in the window: the rates it had due and got 2xx for, its
+    CPU, how long the archiver took to answer, the answers that were not 2xx (before the window
+    too); and whether the sender itself fell behind the offered rate (its schedule late, or its core
+    full), which would make the point measure the sender and not the archiver."""
+    due = (sent1["samples_due"] - sent0["samples_due"]) / seconds
+    ok = (sent1["samples_ok"] - sent0["samples_ok"]) / seconds
+    answered = sent1["answered"] - sent0["answered"]
+    answer_ms = (sent1["answer_s"] - sent0["answer_s"]) * 1000 / answered if answered else float("nan")
+    behind = due < KEEP_UP * offered or sent1["loop_lag_max_s"] > interval / 2 or cpu_share > 0.9
+    codes = ",".join(f"{code}:{n}" for code, n in sorted(sent1["codes"].items()))
+    note = (f"sender: {due:,.0f}/s due, {ok:,.0f}/s answered 2xx, {cpu_share:.0%} of a core, "
+            f"answers {answer_ms:.0f} ms avg, queued up to {sent1['queued_max_s']:.2f}s, "
+            f"answers since its start {codes}")
+    if _not_2xx(sent0) or sent0["errors"]:
+        note += f" ({_not_2xx(sent0)} not 2xx, {sent0['errors']} errors before the window)"
+    if sent1["first_error"]:
+        note += f"; first error: {sent1['first_error']}"
+    return note + ("; SENDER BEHIND the offered rate" if behind else "")
+
+
+HEADER = (f"{'who':<15} {'path':<12} {'workers':>7} {'targets':>7} {'every':>6} {'offered/s':>10} {'written/s':>10} "
+          f"{'cpu ms/1k':>10} {'wrk ms':>7} {'pg ms/1k':>9} {'spool +':>7} {'skipped':>7} {'failed':>6} "
+          f"{'oldest s':>8}  keeps up")
 
 
 def print_points(points: list[Point], header: bool = False) -> None:
     if header:
         print(HEADER)
     for p in points:
-        print(f"{p.who:<20} {p.targets:>7} {p.interval:>5.3g}s {p.offered:>10,.0f} {p.written:>10,.0f} "
-              f"{p.cpu_ms:>10.1f} {p.workers_ms:>8.1f} {p.pg_ms:>9.1f} "
+        print(f"{p.who:<15} {p.path:<12} {p.workers:>7} {p.targets:>7} {p.interval:>5.3g}s {p.offered:>10,.0f} "
+              f"{p.written:>10,.0f} {p.cpu_ms:>10.1f} {p.workers_ms:>7.1f} {p.pg_ms:>9.1f} "
               f"{p.spool_growth:>7} {p.skipped:>7} {p.failed:>6} {p.oldest_age:>8.1f}  "
               f"{'yes' if p.keeps_up else 'no'} {p.note}", flush=True)
+
+
+def runs(args: argparse.Namespace) -> list[tuple[str, int | None]]:
+    """(path, scrape.workers) in the order measured: each path of --path in turn, the scrape path
+    once per --workers value, remote_write once (workers None)."""
+    return [(path, workers) for path in args.path for workers in (args.workers if path == "scrape" else [None])]
 
 
 def cpu(args: argparse.Namespace) -> int:
@@ -501,8 +834,8 @@ def cpu(args: argparse.Namespace) -> int:
                       f"{args.seconds:g}s measured per run", flush=True)
                 print(HEADER)
                 points = []
-                for workers in args.workers:
-                    points.append(bench.archiver(targets, args.targets, workers, args.interval))
+                for path, workers in runs(args):
+                    points.append(bench.archiver(targets, args.targets, workers, args.interval, path=path))
                     print_points(points[-1:])
                 if args.prometheus and (p := bench.prometheus(targets, args.targets)) is not None:
                     points.append(p)
@@ -510,6 +843,7 @@ def cpu(args: argparse.Namespace) -> int:
         finally:
             bench.close()
     print()
+    print(f"{machine()} at the end")
     print_points(points, header=True)
     return 0
 
@@ -519,26 +853,33 @@ def ramp(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="perfwatch-bench-archiver-") as tmp:
         workdir = Path(tmp)
         bench = Bench(workdir, args)
-        best: dict[int, Point | None] = {}
+        best: dict[tuple[str, int | None], Point | None] = {}
+        first_failure: dict[tuple[str, int | None], Point] = {}
         everything: list[Point] = []
         try:
-            with Targets(workdir, args.series) as targets, bench.database() as dsn:
+            with Targets(workdir, args.series) as targets, contextlib.ExitStack() as stack:
                 per_second = args.targets * targets.per_scrape  # offered at a 1 s interval
                 print(f"{args.targets} targets x {targets.per_scrape} samples, {args.seconds:g}s measured per point",
                       flush=True)
                 print(HEADER)
-                for workers in args.workers:
-                    best[workers] = None
+                databases: dict[str, str] = {}  # one per path, for all its points
+                for path, workers in runs(args):
+                    if path not in databases:
+                        databases[path] = stack.enter_context(bench.database())
+                    key = (path, workers)
+                    best[key] = None
                     passed, failed, bisections = 0.0, 0.0, 0
                     rate = per_second / args.interval
                     while True:
-                        point = bench.archiver(targets, args.targets, workers, per_second / rate, dsn)
+                        point = bench.archiver(targets, args.targets, workers, per_second / rate, databases[path], path)
                         everything.append(point)
                         print_points([point])
                         if point.keeps_up:
-                            passed, best[workers] = rate, point
+                            passed, best[key] = rate, point
                         else:
                             failed = rate
+                            if key not in first_failure or point.offered < first_failure[key].offered:
+                                first_failure[key] = point
                         if not failed:
                             rate *= 2
                             if per_second / rate < MIN_INTERVAL:
@@ -551,33 +892,46 @@ def ramp(args: argparse.Namespace) -> int:
         finally:
             bench.close()
     print()
+    print(f"{machine()} at the end")
     print_points(everything, header=True)
     print()
-    for workers, top in best.items():
+    for (path, workers), top in best.items():
+        who = path if workers is None else f"{path}, workers {workers}"
+        failure = first_failure.get((path, workers))
+        not_with = (f"; not with {failure.offered:,.0f} ({failure.written:,.0f} written)" if failure is not None
+                    else "")
         if top is None:
-            print(f"workers {workers}: did not keep up even at a {args.interval:g}s interval")
+            print(f"{who}: did not keep up even at a {args.interval:g}s interval{not_with}")
         else:
-            print(f"workers {workers}: keeps up with {top.offered:,.0f} samples/s ({top.targets} targets every "
-                  f"{top.interval:.3g}s), {top.cpu_ms:.1f} ms CPU per 1,000 samples (+ PostgreSQL {top.pg_ms:.1f})")
+            print(f"{who}: keeps up with {top.offered:,.0f} samples/s ({top.targets} targets every "
+                  f"{top.interval:.3g}s), {top.cpu_ms:.1f} ms CPU per 1,000 samples (+ PostgreSQL {top.pg_ms:.1f})"
+                  f"{not_with}")
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", nargs="?", default="stages", choices=("stages", "cpu", "ramp", "serve"))
+    parser.add_argument("mode", nargs="?", default="stages", choices=("stages", "cpu", "ramp", "serve", "send"))
     parser.add_argument("--batches", type=int, default=300, help="stages: batches sent down the path")
     parser.add_argument("--segment-mib", type=int, default=8, help="stages: spool segment size")
+    parser.add_argument("--path", nargs="+", choices=PATHS, default=["scrape"],
+                        help="cpu, ramp: how the samples reach the archiver, each measured in turn")
     parser.add_argument("--targets", type=int, default=40, help="cpu, ramp: synthetic targets")
     parser.add_argument("--series", type=int, default=1000, help="cpu, ramp: samples per target (about)")
     parser.add_argument("--interval", type=float, default=5.0, help="cpu, ramp (first point): scrape interval, s")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="cpu, ramp: scrape.workers values")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2],
+                        help="cpu, ramp: scrape.workers values (the scrape path's)")
     parser.add_argument("--seconds", type=float, default=60.0, help="cpu, ramp: measured window per run")
     parser.add_argument("--prometheus", action="store_true", help="cpu: Prometheus on the same targets after")
     parser.add_argument("--bisect", type=int, default=1, help="ramp: midpoints tried after the first failure")
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode == "serve":
         asyncio.run(_serve_targets(args.port, args.series))
+        return 0
+    if args.mode == "send":
+        asyncio.run(_send_remote_write(args.url, args.port, args.targets, args.series, args.interval))
         return 0
     return {"stages": stages, "cpu": cpu, "ramp": ramp}[args.mode](args)
 
