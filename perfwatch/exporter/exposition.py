@@ -1,9 +1,10 @@
 """The text renderer `/metrics` uses: the same bytes as prometheus_client's generate_latest.
 
-It costs a third as much (measured: 0.5 ms instead of 1.7 ms for this exporter's ~320 series, a
-sixth of a whole scrape's CPU): generate_latest re-validates and re-escapes every metric and
-label name of every sample; here a name is checked once per process, and a label value is only
-escaped when it holds a character that needs it.
+generate_latest re-validates and re-escapes every metric and label name of every sample (1.7 ms
+for ~320 series). Here a name is checked once per process, a label value is only escaped when
+it holds a character that needs it, and what repeats from one scrape to the next is made once
+and kept: each family's HELP/TYPE lines and each series' `name{labels} ` text (0.65 ms instead
+of 0.90 ms without those caches, for the ~560 series of every default collector).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
@@ -43,19 +45,59 @@ def _escape_label_value(value: str) -> str:
     return value
 
 
-def _names_are_plain(family: Metric) -> bool:
-    """True if the family's metric and label names need no escaping (checked once per name)."""
-    if family.name not in _valid_names:
-        if not _LEGACY_NAME.fullmatch(family.name):
-            return False
-        _valid_names.add(family.name)
-    for sample in family.samples:
-        for name in sample.labels:
-            if name not in _valid_names:
-                if not _LEGACY_NAME.fullmatch(name):
-                    return False
-                _valid_names.add(name)
-    return True
+def _plain(name: str) -> bool:
+    """True if `name` needs no escaping as a metric or label name (checked once per name)."""
+    if name in _valid_names:
+        return True
+    if _LEGACY_NAME.fullmatch(name):
+        if len(_valid_names) >= _CACHE_LIMIT:
+            _valid_names.clear()
+        _valid_names.add(name)
+        return True
+    return False
+
+
+# Per label-name tuple as a sample's dict holds them (the family's label order): the names
+# sorted, as the text format writes them, or None if one needs escaping. A family's samples
+# almost always share one tuple, so sorting and checking happen once per process, not per sample.
+_label_orders: dict[tuple[str, ...], tuple[str, ...] | None] = {}
+# Per (name, type, help): the family's "# HELP" and "# TYPE" lines and its escaped help, or None
+# if the name needs escaping.
+_headers: dict[tuple[str, str, str], tuple[str, str] | None] = {}
+# These caches are bounded by the metric and label names (and series) a process exposes; a
+# textfile directory whose files keep inventing new ones would grow them, so they start over past
+# this size.
+_CACHE_LIMIT = 20_000
+# Per (sample name, label names, label values): the sample's line up to its value.
+_prefixes: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
+_MISSING: Any = object()
+
+
+def _label_order(names: tuple[str, ...]) -> tuple[str, ...] | None:
+    order = _label_orders.get(names, _MISSING)
+    if order is _MISSING:
+        if len(_label_orders) >= _CACHE_LIMIT:
+            _label_orders.clear()
+        order = tuple(sorted(names)) if all(_plain(n) for n in names) else None
+        _label_orders[names] = order
+    return order  # type: ignore[no-any-return]
+
+
+def _header(family: Metric) -> tuple[str, str] | None:
+    key = (family.name, family.type, family.documentation)
+    header = _headers.get(key, _MISSING)
+    if header is _MISSING:
+        if len(_headers) >= _CACHE_LIMIT:
+            _headers.clear()
+        if not _plain(family.name):
+            header = None
+        else:
+            suffix, text_type = _TEXT_TYPES.get(family.type, ("", family.type))
+            name = family.name + suffix
+            documentation = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+            header = (f"# HELP {name} {documentation}\n# TYPE {name} {text_type}\n", documentation)
+        _headers[key] = header
+    return header  # type: ignore[no-any-return]
 
 
 class _One:
@@ -66,34 +108,53 @@ class _One:
         return [self.family]
 
 
+def _render_family(family: Metric, header: tuple[str, str], out: list[str]) -> bool:
+    """Append `family`'s text to `out`; False (and nothing appended) if a label name needs escaping."""
+    lines = [header[0]]
+    moved: dict[str, list[str]] = {}
+    fname = family.name
+    for sample in family.samples:
+        labels = sample.labels
+        value = sample.value
+        text = repr(value) if type(value) is float and 0 <= value < 1e6 else format_value(value)
+        if labels:
+            # The same series comes back at every scrape: its `name{labels} ` is made once.
+            key = (sample.name, tuple(labels), tuple(labels.values()))
+            prefix = _prefixes.get(key)
+            if prefix is None:
+                order = _label_order(key[1])
+                if order is None:
+                    return False
+                pairs = ",".join([f'{k}="{_escape_label_value(labels[k])}"' for k in order])
+                prefix = f"{sample.name}{{{pairs}}} "
+                if len(_prefixes) >= _CACHE_LIMIT * 5:
+                    _prefixes.clear()
+                _prefixes[key] = prefix
+            line = prefix + text
+        else:
+            line = f"{sample.name} {text}"
+        if sample.timestamp is not None:
+            line += f" {int(float(sample.timestamp) * 1000):d}"
+        name = sample.name
+        if name.endswith(_OPENMETRICS_ONLY) and name[len(fname):] in _OPENMETRICS_ONLY:
+            moved.setdefault(name[len(fname):], []).append(line + "\n")
+        else:
+            lines.append(line + "\n")
+    for extra, moved_lines in sorted(moved.items()):
+        lines.append(f"# HELP {fname}{extra} {header[1]}\n# TYPE {fname}{extra} gauge\n")
+        lines.extend(moved_lines)
+    out.extend(lines)
+    return True
+
+
 def render_families(families: Iterable[Metric]) -> bytes:
     """The text exposition format 0.0.4 of `families`, byte for byte what generate_latest writes."""
     out: list[str] = []
     for family in families:
-        if not _names_are_plain(family):  # rare: leave the escaping of odd names to prometheus_client
+        header = _header(family)
+        if header is None or not _render_family(family, header, out):
+            # rare: leave the escaping of odd names to prometheus_client
             out.append(generate_latest(_One(family)).decode())
-            continue
-        suffix, text_type = _TEXT_TYPES.get(family.type, ("", family.type))
-        name = family.name + suffix
-        documentation = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        out.append(f"# HELP {name} {documentation}\n# TYPE {name} {text_type}\n")
-        moved: dict[str, list[str]] = {}
-        for sample in family.samples:
-            labels = sample.labels
-            if labels:
-                pairs = ",".join([f'{k}="{_escape_label_value(v)}"' for k, v in sorted(labels.items())])
-                line = f"{sample.name}{{{pairs}}} {format_value(sample.value)}"
-            else:
-                line = f"{sample.name} {format_value(sample.value)}"
-            if sample.timestamp is not None:
-                line += f" {int(float(sample.timestamp) * 1000):d}"
-            if sample.name.endswith(_OPENMETRICS_ONLY) and sample.name[len(family.name):] in _OPENMETRICS_ONLY:
-                moved.setdefault(sample.name[len(family.name):], []).append(line + "\n")
-            else:
-                out.append(line + "\n")
-        for extra, lines in sorted(moved.items()):
-            out.append(f"# HELP {family.name}{extra} {documentation}\n# TYPE {family.name}{extra} gauge\n")
-            out.extend(lines)
     return "".join(out).encode()
 
 

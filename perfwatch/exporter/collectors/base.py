@@ -26,7 +26,7 @@ without options of its own subclasses `Collector[NoOptions]`. None re-declares
 sysconf values, a worker thread) goes in `setup()`.
 
 `collect()` runs at scrape time and yields metric families (prometheus_client's). It may raise:
-the scrape marks the collector failed (`perfwatch_scrape_collector_success 0`) and answers with
+the scrape marks the collector failed (`node_scrape_collector_success 0`) and answers with
 everything else. A collector that holds state across scrapes (perf deltas, open fds) keeps it
 on the instance and releases it in `close()`.
 """
@@ -87,6 +87,9 @@ class Collector(ABC, Generic[OptionsT]):
     # node_exporter's collectors whose metrics this one exposes under their names (`--collector.X`),
     # for the side-by-side test and the README's table; () for perfwatch's own (perf).
     node_collectors: ClassVar[tuple[str, ...]] = ()
+    # Runs after the other collectors of a scrape, told first what they expose (expose_after): the
+    # textfile collector, whose files may not override the exporter's own metrics.
+    runs_last: ClassVar[bool] = False
     Options: ClassVar[type[Any]] = NoOptions  # set from the type parameter: Collector[FooOptions]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -112,6 +115,9 @@ class Collector(ABC, Generic[OptionsT]):
     @abstractmethod
     def collect(self) -> Iterable[Metric]:
         """Yield this scrape's metric families."""
+
+    def expose_after(self, families: Sequence[Metric]) -> None:  # for runs_last collectors
+        """What the other collectors expose in this scrape, before this one's collect()."""
 
     def close(self) -> None:  # not abstract: most collectors hold nothing to release
         """Release what the collector holds (file descriptors, threads)."""
