@@ -93,7 +93,7 @@ def test_scrapes_synthetic_and_real_exporter_into_postgres_and_flushes_on_sigter
     }  # synthetic_stale is always NaN: never stored
 
     # The real exporter: its counters under job="perfwatch" and its host:port.
-    cpu = archived(pg_dsn, "perfwatch_cpu_seconds_total")
+    cpu = archived(pg_dsn, "node_cpu_seconds_total")
     assert cpu and all(lab["job"] == "perfwatch" and lab["instance"] == f"127.0.0.1:{exporter.port}"
                        and "cpu" in lab and "mode" in lab for lab, _, _ in cpu)
 
@@ -211,7 +211,7 @@ def test_scrapes_an_exporter_behind_mutual_tls_and_basic_auth(tmp_path: Path, pg
         assert archiver.stop() == 0
     finally:
         exporter.stop()
-    assert archived(pg_dsn, "perfwatch_scrape_collector_success")
+    assert archived(pg_dsn, "node_scrape_collector_success")
 
 
 REFUSE_SCRAPE_3 = """

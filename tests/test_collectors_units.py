@@ -16,8 +16,9 @@ from support.waiting import wait_until
 from perfwatch.common.config import Duration
 from perfwatch.exporter.collectors.base import HostPaths, NoOptions
 from perfwatch.exporter.collectors.filesystem import FilesystemCollector, FilesystemOptions, StatvfsRunner, parse_mounts
-from perfwatch.exporter.collectors.host import cpu_model_and_count, os_release
-from perfwatch.exporter.collectors.tcp import count_proc_states
+from perfwatch.exporter.collectors.meminfo import parse_meminfo
+from perfwatch.exporter.collectors.os_release import os_release, version_number
+from perfwatch.exporter.collectors.tcpstat import RX, TX, count_proc, new_counts
 
 
 class HangingStatvfs:
@@ -106,9 +107,9 @@ def test_filesystem_collector_reports_hung_mount_as_device_error(tmp_path: Path)
     try:
         for _ in range(2):  # the first scrape waits once; the second skips the hung mount
             families = {f.name: f for f in collector.collect()}
-            errors = {s.labels["mountpoint"]: s.value for s in families["perfwatch_filesystem_device_error"].samples}
+            errors = {s.labels["mountpoint"]: s.value for s in families["node_filesystem_device_error"].samples}
             assert errors == {"/": 0.0, "/mnt2/nfs": 1.0}
-            sized = {s.labels["mountpoint"] for s in families["perfwatch_filesystem_size_bytes"].samples}
+            sized = {s.labels["mountpoint"] for s in families["node_filesystem_size_bytes"].samples}
             assert sized == {"/"}
     finally:
         fake.release.set()
@@ -123,7 +124,7 @@ def test_failures_of_mounts_that_went_away_are_forgotten(tmp_path: Path) -> None
         for i in range(50):  # short-lived mounts, each failing (their directories do not exist)
             mounts.write_text(f"/dev/vda1 / ext4 rw 0 0\nnfs:/x /srv/gone-{i} nfs4 rw 0 0\n")
             families = {f.name: f for f in collector.collect()}
-            errors = {s.labels["mountpoint"]: s.value for s in families["perfwatch_filesystem_device_error"].samples}
+            errors = {s.labels["mountpoint"]: s.value for s in families["node_filesystem_device_error"].samples}
             assert errors == {"/": 0.0, f"/srv/gone-{i}": 1.0}
         assert collector.failing == {"/srv/gone-49"}
     finally:
@@ -136,31 +137,41 @@ def test_parse_mounts_unescapes_octal() -> None:
     assert mount.mountpoint == "/mnt/my disk\ttab\nnl\\bs"
 
 
+def proc_counts(data: bytes) -> dict[int, int]:
+    counts = new_counts()
+    count_proc(data, counts)
+    return {i: n for i, n in enumerate(counts) if n}
+
+
 def test_count_proc_states_on_a_busy_host_file() -> None:
     header = b"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-    v4 = (b"%4d: 0100007F:%04X 0A00020F:01BB %s 00000000:00000000 00:00000000 00000000  1000        0 %d 1 ff "
+    v4 = (b"%4d: 0100007F:%04X 0A00020F:01BB %s 00000000:00000001 00:00000000 00000000  1000        0 %d 1 ff "
           b"20 4 0 10 -1\n")
-    v6 = (b"%4d: 0000000000000000FFFF00000100007F:%04X 00000000000000000000000000000000:0000 %s 00000000:00000000 "
+    v6 = (b"%4d: 0000000000000000FFFF00000100007F:%04X 00000000000000000000000000000000:0000 %s 0000000A:00000000 "
           b"00:00000000 00000000     0        0 %d 1 ff 100 0 0 10 0\n")
     # Wide slot numbers (>9999) and states whose hex looks like other columns' digits.
     data4 = header + b"".join(v4 % (i, i % 65536, b"01" if i % 3 else b"06", i) for i in range(30000))
     data6 = header + b"".join(v6 % (i, i % 65536, b"0A", i) for i in range(500))
-    assert count_proc_states(data4) == {1: 20000, 6: 10000}
-    assert count_proc_states(data6) == {10: 500}
-    assert count_proc_states(header) == {}
+    assert proc_counts(data4) == {1: 20000, 6: 10000, RX: 30000}
+    assert proc_counts(data6) == {10: 500, TX: 5000}
+    assert proc_counts(header) == {}
 
 
-def test_os_release_and_cpuinfo_parsing() -> None:
+def test_os_release_parsing() -> None:
     release = os_release('NAME="Debian GNU/Linux"\nID=debian\nVERSION_ID="12"\n# comment=x\nPRETTY_NAME=\'It\\\'s\'\n'
                          'BROKEN="unterminated\n')
     assert release["ID"] == "debian" and release["VERSION_ID"] == "12" and release["NAME"] == "Debian GNU/Linux"
     assert release["BROKEN"] == '"unterminated'
     assert "# comment" not in release
-    x86 = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.20GHz\n\n"
-           "processor\t: 1\nmodel name\t: Intel(R) Xeon\n")
-    assert cpu_model_and_count(x86) == ("Intel(R) Xeon(R) CPU @ 2.20GHz", 2)
-    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n\nprocessor\t: 1\n\nModel\t: Raspberry Pi 4\n"
-    assert cpu_model_and_count(arm) == ("Raspberry Pi 4", 2)
+    # node_os_version: the major.minor part of VERSION_ID, as node_exporter's regex takes it.
+    assert [version_number(v) for v in ("12", "22.04", "3.17.2", "rolling", "")] == [12, 22.04, 3.17, 0, 0]
+
+
+def test_meminfo_names_as_node_exporter() -> None:
+    fields = parse_meminfo("MemTotal:       16384 kB\nActive(anon):     100 kB\nHugePages_Total:       4\n"
+                           "\nHugepagesize:    2048 kB\n")
+    assert fields == {"MemTotal_bytes": 16384 * 1024, "Active_anon_bytes": 100 * 1024, "HugePages_Total": 4,
+                      "Hugepagesize_bytes": 2048 * 1024}
 
 
 def test_process_limits_are_reread_after_a_minute(tmp_path: Path) -> None:
@@ -174,7 +185,7 @@ def test_process_limits_are_reread_after_a_minute(tmp_path: Path) -> None:
 
     def pid_max() -> float:
         families = {f.name: f for f in collector.collect()}
-        return families["perfwatch_processes_max"].samples[0].value
+        return families["node_processes_max_processes"].samples[0].value
 
     assert pid_max() == 32768
     (kernel / "pid_max").write_text("4194304\n")  # sysctl kernel.pid_max=4194304

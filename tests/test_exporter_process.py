@@ -57,9 +57,9 @@ def test_unknown_collector_exits_2(tmp_path: Path) -> None:
 
 
 def test_bad_value_type_exits_2_and_names_key(tmp_path: Path) -> None:
-    result = run_cli("--config", write(tmp_path, "collectors:\n  memory:\n    enabled: 'yes'\n"))
+    result = run_cli("--config", write(tmp_path, "collectors:\n  meminfo:\n    enabled: 'yes'\n"))
     assert result.returncode == 2
-    assert "collectors.memory.enabled" in result.stderr and "true or false" in result.stderr
+    assert "collectors.meminfo.enabled" in result.stderr and "true or false" in result.stderr
 
 
 def test_bad_listen_exits_2(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_endpoints(start_exporter: StartExporter) -> None:
     assert requests.post(exporter.url + "/metrics", timeout=10).status_code == 405
     metrics = requests.get(exporter.url + "/metrics", timeout=10)
     assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    assert "perfwatch_scrape_collector_success" in metrics.text
+    assert "node_scrape_collector_success" in metrics.text
 
 
 def test_gzip_only_when_asked(start_exporter: StartExporter) -> None:
@@ -96,32 +96,32 @@ def test_gzip_only_when_asked(start_exporter: StartExporter) -> None:
                           timeout=10)
     assert zipped.headers["Content-Encoding"] == "gzip"
     body = gzip.decompress(zipped.raw.read())
-    assert b"perfwatch_scrape_collector_success" in body
+    assert b"node_scrape_collector_success" in body
 
 
 def test_disabled_collector_emits_nothing(start_exporter: StartExporter) -> None:
-    enabled = start_exporter({"collectors": {"memory": {"enabled": True}}}).scrape()
-    assert "perfwatch_memory_total_bytes" in names(enabled)
-    text = start_exporter({"collectors": {"memory": {"enabled": False}}}).scrape()
-    assert not any(n.startswith("perfwatch_memory_") for n in names(text))
-    assert frozenset({("collector", "memory")}) not in values(text, "perfwatch_scrape_collector_success")
-    assert value(text, "perfwatch_scrape_collector_success", collector="cpu") == 1
+    enabled = start_exporter({"collectors": {"meminfo": {"enabled": True}}}).scrape()
+    assert "node_memory_MemTotal_bytes" in names(enabled)
+    text = start_exporter({"collectors": {"meminfo": {"enabled": False}}}).scrape()
+    assert not any(n.startswith("node_memory_") for n in names(text))
+    assert frozenset({("collector", "meminfo")}) not in values(text, "node_scrape_collector_success")
+    assert value(text, "node_scrape_collector_success", collector="cpu") == 1
 
 
 def test_failing_collector_is_marked_and_scrape_answers(start_exporter: StartExporter, tmp_path: Path) -> None:
-    # A procfs whose stat file is garbage: the cpu collector raises on parsing, memory still works.
+    # A procfs whose stat file is garbage: the cpu collector raises on parsing, meminfo still works.
     fake_proc = tmp_path / "proc"
     fake_proc.mkdir()
     (fake_proc / "stat").write_text("cpu0 not numbers at all\n")
     for name in ("meminfo", "vmstat"):
         (fake_proc / name).write_text(Path("/proc", name).read_text())
     exporter = start_exporter({"procfs": str(fake_proc), "collectors": {
-        name: {"enabled": False} for name in _all_collectors() if name not in ("cpu", "memory")}})
+        name: {"enabled": False} for name in _all_collectors() if name not in ("cpu", "meminfo")}})
     text = exporter.scrape()
-    assert value(text, "perfwatch_scrape_collector_success", collector="cpu") == 0
-    assert value(text, "perfwatch_scrape_collector_success", collector="memory") == 1
-    assert "perfwatch_cpu_seconds_total" not in names(text)
-    assert value(text, "perfwatch_memory_total_bytes") > 0
+    assert value(text, "node_scrape_collector_success", collector="cpu") == 0
+    assert value(text, "node_scrape_collector_success", collector="meminfo") == 1
+    assert "node_cpu_seconds_total" not in names(text)
+    assert value(text, "node_memory_MemTotal_bytes") > 0
     exporter.scrape()  # a second failure of the same kind is not logged again
     log = exporter.service.log()
     assert log.count("collector cpu failed") == 1 and "ValueError" in log
@@ -149,8 +149,8 @@ def test_port_in_use_is_a_clear_error(start_exporter: StartExporter) -> None:
 
 
 def test_list_collectors_shows_each_with_its_state(tmp_path: Path) -> None:
-    result = run_cli("--list-collectors", "--config", write(tmp_path, "collectors:\n  memory:\n    enabled: false\n"))
+    result = run_cli("--list-collectors", "--config", write(tmp_path, "collectors:\n  meminfo:\n    enabled: false\n"))
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
     assert set(rows) == set(_all_collectors())
-    assert rows["memory"] == "disabled" and rows["cpu"] == rows["perf"] == "enabled"
+    assert rows["meminfo"] == "disabled" and rows["cpu"] == rows["perf"] == "enabled"

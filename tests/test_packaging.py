@@ -92,7 +92,7 @@ def test_plain_install_is_the_exporter_alone(wheel: Path, tmp_path: Path, elsewh
     exporter.start()
     try:
         body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-        assert "perfwatch_load1 " in body and f'version="{perfwatch.__version__}"' in body
+        assert "node_load1 " in body and f'version="{perfwatch.__version__}"' in body
     finally:
         assert exporter.stop() == 0
     result = subprocess.run([str(bin_dir / "perfwatch-archiver"), "run"], capture_output=True, text=True,

@@ -115,7 +115,7 @@ def test_every_event_is_reported_and_fds_match(start_exporter: StartExporter) ->
     assert value(text, "perfwatch_perf_counters_open") == opened
     assert exporter.service.proc is not None
     assert perf_fds(exporter.service.proc.pid) == opened
-    assert value(text, "perfwatch_scrape_collector_success", collector="perf") == 1
+    assert value(text, "node_scrape_collector_success", collector="perf") == 1
     assert exporter.stop() == 0  # SIGTERM
     assert f"perf: closed {opened} counters" in exporter.service.log()
 
@@ -140,8 +140,8 @@ def test_unprivileged_exporter_reports_refusal_and_still_answers(start_exporter:
     paranoid = int(Path("/proc/sys/kernel/perf_event_paranoid").read_text())
     exporter = start_exporter(None, user=ensure_unprivileged_user())
     text = exporter.scrape()  # HTTP 200 (checked by scrape)
-    assert value(text, "perfwatch_scrape_collector_success", collector="perf") == 1
-    assert value(text, "perfwatch_scrape_collector_success", collector="cpu") == 1
+    assert value(text, "node_scrape_collector_success", collector="perf") == 1
+    assert value(text, "node_scrape_collector_success", collector="cpu") == 1
     status, refused = supported(text), denied(text)
     assert set(status) == set(refused) == set(pe.EVENTS)
     log = exporter.service.log()

@@ -140,7 +140,7 @@ def test_wrong_or_missing_credentials_get_401(auth_exporter: SecureExporter, pat
 def test_right_credentials_get_200(auth_exporter: SecureExporter) -> None:
     for _ in range(3):  # the second and third are answered from the cache of verified credentials
         metrics = auth_exporter.get("/metrics", auth=GOOD)
-        assert metrics.status_code == 200 and "perfwatch_scrape_collector_success" in metrics.text
+        assert metrics.status_code == 200 and "node_scrape_collector_success" in metrics.text
     # requests encodes basic credentials as latin-1; send the UTF-8 bytes browsers send.
     raw = f"{ODD_USER}:{ODD_PASSWORD}".encode()
     odd = auth_exporter.get("/-/ready", headers={"Authorization": "Basic " + base64.b64encode(raw).decode()})
@@ -259,7 +259,7 @@ def test_prometheus_scrapes_the_authenticated_tls_exporter(mtls_exporter: Secure
     assert checked.returncode == 0, checked.stdout + checked.stderr
     with Prometheus(tmp_path, config) as prom:
         prom.wait_for('up{job="secure"} == 1')
-        prom.wait_for('perfwatch_scrape_collector_success{job="secure",collector="cpu"} == 1')
+        prom.wait_for('node_scrape_collector_success{job="secure",collector="cpu"} == 1')
         prom.wait_for('up{job="wrong_password"} == 0')
         prom.wait_for('up{job="no_client_cert"} == 0')
         errors = {t["labels"]["job"]: t["lastError"] for t in prom.targets()}
@@ -314,7 +314,7 @@ def test_archiver_scrapes_the_authenticated_tls_exporter_and_stores(mtls_exporte
     finally:
         scraper.close()
     names = {s.name for s in batch.samples}
-    assert "perfwatch_scrape_collector_success" in names and batch.instance == f"127.0.0.1:{mtls_exporter.port}"
+    assert "node_scrape_collector_success" in names and batch.instance == f"127.0.0.1:{mtls_exporter.port}"
     engine = db.make_engine(pg_dsn)
     try:
         apply_migrations(engine)

@@ -31,7 +31,7 @@ class MetricMeta:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Sample:
-    name: str  # the sample name as exposed, e.g. perfwatch_cpu_seconds_total
+    name: str  # the sample name as exposed, e.g. node_cpu_seconds_total
     labels: tuple[tuple[str, str], ...]  # sorted by label name; includes job and instance
     value: float
     timestamp_ms: int  # milliseconds since the epoch (UTC)

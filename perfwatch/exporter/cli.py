@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=LEVELS,
                         help="log verbosity (default: the config's log_level, else info)")
     add_web_arguments(parser, "the exporter")
+    parser.add_argument("--collector.textfile.directory", dest="textfile_directory", metavar="DIR",
+                        help="read *.prom files there at every scrape, as node_exporter's flag of that name "
+                        "(default: the config's collectors.textfile.directory, else none)")
     parser.add_argument("--list-collectors", action="store_true",
                         help="print every collector, whether it is enabled, and exit")
     parser.add_argument("--version", action="version", version=f"perfwatch-exporter {__version__}")
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings, collector_settings = load_settings(args.config)
+        settings, collector_settings = load_settings(args.config, textfile_directory=args.textfile_directory)
         listen = args.listen or settings.listen
         try:
             host, port = parse_listen(listen)
@@ -95,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.config:
             return
         try:
-            new, new_collectors = load_settings(args.config)
+            new, new_collectors = load_settings(args.config, textfile_directory=args.textfile_directory)
         except ConfigError as err:  # refused: nothing changes
             if not err.key:  # load_yaml's messages name the file already
                 raise

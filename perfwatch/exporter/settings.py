@@ -69,8 +69,13 @@ class ExporterSettings:
         return out
 
 
-def load_settings(path: str | Path | None) -> tuple[ExporterSettings, dict[str, CollectorSettings]]:
-    """Read and validate the config file (None: all defaults)."""
+def load_settings(path: str | Path | None, *, textfile_directory: str | None = None,
+                  ) -> tuple[ExporterSettings, dict[str, CollectorSettings]]:
+    """Read and validate the config file (None: all defaults); `textfile_directory` (the command
+    line's --collector.textfile.directory) overrides the config's collectors.textfile.directory."""
     data = load_yaml(path) if path else {}
     settings = from_mapping(ExporterSettings, data)
-    return settings, settings.collector_settings()
+    collectors = settings.collector_settings()
+    if textfile_directory and "textfile" in collectors:
+        collectors["textfile"].options.directory = textfile_directory
+    return settings, collectors

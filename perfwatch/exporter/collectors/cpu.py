@@ -1,4 +1,5 @@
-"""CPU time per CPU and mode, from /proc/stat."""
+"""CPU time per CPU and mode (/proc/stat), thermal throttling and isolated CPUs (sysfs), as
+node_exporter's cpu collector."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, NoOptions, counter, parsing, read_text, register
+from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, counter, gauge, parsing, read_text, register
 
 # Column order of the `cpuN` lines in /proc/stat (proc(5)). guest and guest_nice are already
 # counted inside user and nice, so they get a metric of their own instead of a mode.
@@ -15,20 +16,42 @@ MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 GUEST_MODES = ("user", "nice")
 
 
+def parse_cpu_list(text: str) -> list[int]:
+    """A sysfs CPU list ("0-2,5") → [0, 1, 2, 5]."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        out.extend(range(int(first), int(last or first) + 1))
+    return out
+
+
+def read_int(path: str) -> int | None:
+    try:
+        return int(read_text(path))
+    except (OSError, ValueError):
+        return None
+
+
 @register
 class CPUCollector(Collector[NoOptions]):
     name = "cpu"
     description = "Seconds each CPU spent in each mode (user, system, idle, iowait, ...)."
+    node_collectors = ("cpu",)
 
     def setup(self) -> None:
         self.ticks_per_second = float(os.sysconf("SC_CLK_TCK"))
+        # CPU directory → (package, core, has thermal_throttle/): the topology changes only with
+        # hotplug, so it is read again only when the set of CPUs changes.
+        self.topology: dict[str, tuple[int, int, bool] | None] = {}
 
     def collect(self) -> Iterator[Metric]:
-        seconds = counter("cpu_seconds_total", "Seconds the CPU spent in each mode.",
-                          labels=["cpu", "mode"])
+        seconds = counter("cpu_seconds_total", "Seconds the CPUs spent in each mode.",
+                          labels=["cpu", "mode"], namespace=NODE)
         guest = counter("cpu_guest_seconds_total",
                         "Seconds the CPU spent running guests (also counted in user and nice).",
-                        labels=["cpu", "mode"])
+                        labels=["cpu", "mode"], namespace=NODE)
         hz = self.ticks_per_second
         path = self.paths.proc("stat")
         with parsing(path):
@@ -44,3 +67,62 @@ class CPUCollector(Collector[NoOptions]):
                     guest.add_metric([cpu, mode], int(value) / hz)
         yield seconds
         yield guest
+        yield from self.throttles()
+        yield from self.isolated()
+
+    def throttles(self) -> Iterator[Metric]:
+        """node_cpu_core_throttles_total{package,core}, node_cpu_package_throttles_total{package}:
+        thermal_throttle/ counters (x86), each core and package read once."""
+        base = self.paths.sys("devices", "system", "cpu")
+        try:
+            cpus = sorted(e for e in os.listdir(base) if e.startswith("cpu") and e[3:].isdigit())
+        except FileNotFoundError:
+            return
+        if set(cpus) != set(self.topology):
+            self.topology = {}
+            for cpu in cpus:
+                package = read_int(os.path.join(base, cpu, "topology", "physical_package_id"))
+                core = read_int(os.path.join(base, cpu, "topology", "core_id"))
+                throttle = os.path.isdir(os.path.join(base, cpu, "thermal_throttle"))
+                self.topology[cpu] = None if package is None or core is None else (package, core, throttle)
+        packages: dict[int, int] = {}
+        cores: dict[tuple[int, int], int] = {}
+        for cpu in cpus:
+            known = self.topology.get(cpu)
+            if known is None or not known[2]:
+                continue
+            package, core, _ = known
+            directory = os.path.join(base, cpu, "thermal_throttle")
+            if (package, core) not in cores:
+                count = read_int(os.path.join(directory, "core_throttle_count"))
+                if count is not None:
+                    cores[(package, core)] = count
+            if package not in packages:
+                count = read_int(os.path.join(directory, "package_throttle_count"))
+                if count is not None:
+                    packages[package] = count
+        if packages:
+            family = counter("cpu_package_throttles_total", "Number of times this CPU package has been throttled.",
+                             labels=["package"], namespace=NODE)
+            for package, count in sorted(packages.items()):
+                family.add_metric([str(package)], float(count))
+            yield family
+        if cores:
+            core_family = counter("cpu_core_throttles_total", "Number of times this CPU core has been throttled.",
+                                  labels=["package", "core"], namespace=NODE)
+            for (package, core), count in sorted(cores.items()):
+                core_family.add_metric([str(package), str(core)], float(count))
+            yield core_family
+
+    def isolated(self) -> Iterator[Metric]:
+        try:
+            text = read_text(self.paths.sys("devices", "system", "cpu", "isolated"))
+        except OSError:
+            return
+        cpus = parse_cpu_list(text)
+        if cpus:
+            family = gauge("cpu_isolated", "Whether each core is isolated, information from "
+                           "/sys/devices/system/cpu/isolated.", labels=["cpu"], namespace=NODE)
+            for cpu in cpus:
+                family.add_metric([str(cpu)], 1.0)
+            yield family

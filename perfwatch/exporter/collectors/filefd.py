@@ -6,18 +6,19 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, NoOptions, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, gauge, parsing, read_text, register
 
 
 @register
 class FilefdCollector(Collector[NoOptions]):
     name = "filefd"
     description = "File handles allocated by the kernel and the system-wide maximum (fs.file-max)."
+    node_collectors = ("filefd",)
 
     def collect(self) -> Iterator[Metric]:
         path = self.paths.proc("sys", "fs", "file-nr")
         with parsing(path):
             # "allocated  free-but-allocated (always 0 since 2.6)  maximum"
             allocated, _unused, maximum = (float(field) for field in read_text(path).split())
-        yield gauge("filefd_allocated", "File handles allocated (open) system-wide.", allocated)
-        yield gauge("filefd_maximum", "Maximum number of file handles the kernel allocates (fs.file-max).", maximum)
+        yield gauge("filefd_allocated", "File descriptor statistics: allocated.", allocated, namespace=NODE)
+        yield gauge("filefd_maximum", "File descriptor statistics: maximum.", maximum, namespace=NODE)

@@ -10,10 +10,10 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from perfwatch.common.config import Duration, Regex
-from perfwatch.exporter.collectors.base import Collector, gauge, read_text, register
+from perfwatch.exporter.collectors.base import NODE, Collector, gauge, read_text, register
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,12 @@ class FilesystemOptions:
         metadata={"help": "Mount points not reported (anchored regex). The default, node_exporter's, hides "
                           "/dev, /proc, /run, /sys, /mnt, /media and container storage."})
     fs_types_exclude: Regex = dataclasses.field(
-        default=Regex(r"autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|efivarfs|fusectl|"
-                      r"hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|ramfs|rpc_pipefs|securityfs|"
+        default=Regex(r"autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|"
+                      r"hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|"
                       r"selinuxfs|squashfs|sysfs|tracefs"),
-        metadata={"help": "Filesystem types not reported (anchored regex): pseudo filesystems and read-only "
-                          "images. tmpfs is kept, as node_exporter does: a full /tmp is worth an alert."})
+        metadata={"help": "Filesystem types not reported (anchored regex): node_exporter 1.5's default, pseudo "
+                          "filesystems and read-only images. tmpfs is kept, as node_exporter does: a full /tmp "
+                          "is worth an alert."})
     statvfs_timeout: Duration = dataclasses.field(default=Duration(5), metadata={
         "help": "How long a scrape waits for statvfs() of the mounts before reporting the one that "
                 "hangs (a dead NFS server) as a device error and skipping it until it returns."})
@@ -140,6 +141,7 @@ class FilesystemOptions:
 class FilesystemCollector(Collector[FilesystemOptions]):
     name = "filesystem"
     description = "Filesystem size, free and available bytes, inodes, read-only flag, per mount point."
+    node_collectors = ("filesystem",)
 
     def setup(self) -> None:
         self.mount_points_exclude = self.options.mount_points_exclude.compiled
@@ -173,21 +175,24 @@ class FilesystemCollector(Collector[FilesystemOptions]):
         paths = [os.path.join(rootfs, m.mountpoint.lstrip("/")) for m in mounts]
         stats = self.runner.run(paths)
         labels = ["device", "mountpoint", "fstype"]
-        size = gauge("filesystem_size_bytes", "Filesystem size.", labels=labels)
-        free = gauge("filesystem_free_bytes", "Free bytes, including those reserved for root.", labels=labels)
-        avail = gauge("filesystem_avail_bytes", "Free bytes available to unprivileged users.", labels=labels)
-        files = gauge("filesystem_files", "Inodes (file nodes) in total.", labels=labels)
-        files_free = gauge("filesystem_files_free", "Free inodes.", labels=labels)
-        readonly = gauge("filesystem_readonly", "1 if the filesystem is mounted read-only.", labels=labels)
-        error = gauge("filesystem_device_error", "1 if statvfs() failed or hung for this filesystem.",
-                      labels=labels)
+
+        def family(name: str, doc: str) -> GaugeMetricFamily:
+            return gauge(name, doc, labels=labels, namespace=NODE)
+
+        size = family("filesystem_size_bytes", "Filesystem size.")
+        free = family("filesystem_free_bytes", "Free bytes, including those reserved for root.")
+        avail = family("filesystem_avail_bytes", "Free bytes available to unprivileged users.")
+        files = family("filesystem_files", "Inodes (file nodes) in total.")
+        files_free = family("filesystem_files_free", "Free inodes.")
+        readonly = family("filesystem_readonly", "1 if the filesystem is mounted read-only.")
+        error = family("filesystem_device_error", "1 if statvfs() failed or hung for this filesystem.")
         for mount, path in zip(mounts, paths, strict=True):
             st = stats[path]
             values = [mount.device, mount.mountpoint, mount.fstype]
             if not isinstance(st, os.statvfs_result):
                 # Logged when a mount starts failing, not at every scrape (hangs: by the runner).
                 if isinstance(st, OSError) and mount.mountpoint not in self.failing:
-                    log.warning("statvfs of %s (%s on %s) failed: %s; reporting perfwatch_filesystem_device_error 1",
+                    log.warning("statvfs of %s (%s on %s) failed: %s; reporting node_filesystem_device_error 1",
                                 path, mount.fstype, mount.device, st.strerror or st)
                 self.failing.add(mount.mountpoint)
                 error.add_metric(values, 1.0)
@@ -201,7 +206,8 @@ class FilesystemCollector(Collector[FilesystemOptions]):
             avail.add_metric(values, float(st.f_bavail * st.f_frsize))
             files.add_metric(values, float(st.f_files))
             files_free.add_metric(values, float(st.f_ffree))
-            readonly.add_metric(values, 1.0 if st.f_flag & os.ST_RDONLY else 0.0)
+            # From the mount options, as node_exporter does (statvfs' ST_RDONLY says the same).
+            readonly.add_metric(values, 1.0 if "ro" in mount.options.split(",") else 0.0)
         yield from (size, free, avail, files, files_free, readonly, error)
 
     def close(self) -> None:

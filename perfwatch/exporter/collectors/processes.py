@@ -1,4 +1,5 @@
-"""Processes by state and thread counts (/proc/<pid>/stat), with the kernel's limits."""
+"""Processes and threads by state (/proc/<pid>/stat, /proc/<pid>/task/<tid>/stat), with the
+kernel's limits (node_exporter's processes collector)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,20 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, NoOptions, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, gauge, parsing, read_text, register
 
-# The state letter of /proc/<pid>/stat (proc(5)). Every name is always emitted (0 included) so
-# that a state going away reads as 0, not as a missing series.
-STATES = {
-    b"R": "running", b"S": "sleeping", b"D": "disk_sleep", b"Z": "zombie", b"T": "stopped",
-    b"t": "tracing_stop", b"X": "dead", b"I": "idle", b"P": "parked", b"W": "waking",
-}
+# The state letters of /proc/<pid>/stat (proc(5)), as node_exporter labels them. These are always
+# emitted (0 included), so that a state going away reads as 0, not as a missing series; others
+# (X, K, W, P on some kernels) appear when seen.
+STATES = ("R", "S", "D", "Z", "T", "t", "I")
 
-LIMITS = (("processes_max", "pid_max", "Process ids wrap around at this value (kernel.pid_max)."),
-          ("threads_max", "threads-max", "Most threads the system allows (kernel.threads-max)."))
+LIMITS = (("processes_max_processes", "pid_max", "Number of max PIDs limit"),
+          ("processes_max_threads", "threads-max", "Limit of threads in the system"))
 LIMITS_MAX_AGE = 60.0  # seconds
 
 
 def read_stat(path: str) -> bytes | None:
-    """The stat line of one process, or None if it has gone away meanwhile."""
+    """The stat line of one process or thread, or None if it has gone away meanwhile."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except (FileNotFoundError, PermissionError):
@@ -37,17 +36,24 @@ def read_stat(path: str) -> bytes | None:
         os.close(fd)
 
 
+def state_of(stat: bytes) -> bytes:
+    # "pid (comm) S ppid ...": comm may hold spaces and ')', so look after the last ')'.
+    return stat[stat.rindex(b")") + 2:][:1]
+
+
 @register
 class ProcessesCollector(Collector[NoOptions]):
     name = "processes"
-    description = "Processes per state (running, sleeping, disk_sleep, zombie, ...), threads, and pid/thread limits."
+    description = "Processes and threads per state (R, S, D, Z, ...), PIDs, threads, and pid/thread limits."
+    node_collectors = ("processes",)
 
     _limits: dict[str, tuple[str, float]] | None = None
     _limits_read_at = 0.0
 
     def collect(self) -> Iterator[Metric]:
         states: Counter[bytes] = Counter()
-        threads = 0
+        thread_states: Counter[bytes] = Counter()
+        threads = pids_seen = 0
         proc = self.paths.procfs
         with os.scandir(proc) as entries:
             pids = [e.name for e in entries if e.name.isdigit()]
@@ -57,17 +63,43 @@ class ProcessesCollector(Collector[NoOptions]):
             if not stat:
                 continue
             with parsing(path):
-                # "pid (comm) S ppid ...": comm may hold spaces and ')', so split after the last ')'.
                 fields = stat[stat.rindex(b")") + 2:].split(None, 18)
-                threads += int(fields[17])  # num_threads, field 20 of proc(5)
-            states[fields[0]] += 1
-        family = gauge("processes", "Processes in each state.", labels=["state"])
-        for code, state in STATES.items():
-            family.add_metric([state], float(states.pop(code, 0)))
+                count = int(fields[17])  # num_threads, field 20 of proc(5)
+            state = fields[0]
+            pids_seen += 1
+            states[state] += 1
+            threads += count
+            if count <= 1:  # the only thread is the process itself: its state (node_exporter does the same)
+                thread_states[state] += 1
+                continue
+            self.count_threads(f"{proc}/{pid}/task", pid, state, thread_states)
+        family = gauge("processes_state", "Number of processes in each state.", labels=["state"], namespace=NODE)
+        thread_family = gauge("processes_threads_state", "Number of threads in each state.",
+                              labels=["thread_state"], namespace=NODE)
+        for counts, target in ((states, family), (thread_states, thread_family)):
+            for code in sorted(set(STATES) | {c.decode("ascii", "replace") for c in counts}):
+                target.add_metric([code], float(counts.get(code.encode(), 0)))
         yield family
-        yield gauge("threads", "Threads of all processes.", float(threads))
+        yield thread_family
+        yield gauge("processes_pids", "Number of PIDs", float(pids_seen), namespace=NODE)
+        yield gauge("processes_threads", "Allocated threads in system", float(threads), namespace=NODE)
         for name, (doc, limit) in self.limits().items():
-            yield gauge(name, doc, limit)
+            yield gauge(name, doc, limit, namespace=NODE)
+
+    @staticmethod
+    def count_threads(task_dir: str, pid: str, state: bytes, thread_states: Counter[bytes]) -> None:
+        try:
+            with os.scandir(task_dir) as entries:
+                tids = [e.name for e in entries if e.name.isdigit()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return
+        for tid in tids:
+            if tid == pid:
+                thread_states[state] += 1
+                continue
+            stat = read_stat(f"{task_dir}/{tid}/stat")
+            if stat:
+                thread_states[state_of(stat)] += 1
 
     def limits(self) -> dict[str, tuple[str, float]]:
         # Reading a /proc/sys file costs ~75 µs (10x another /proc file), and these two change only

@@ -1,4 +1,4 @@
-"""Kernel activity counters from /proc/stat: context switches, interrupts, forks, runnable tasks."""
+"""Kernel activity counters from /proc/stat: boot time, context switches, interrupts, forks, tasks."""
 
 from __future__ import annotations
 
@@ -6,22 +6,24 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, NoOptions, counter, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, counter, gauge, parsing, read_text, register
 
-# /proc/stat key → (metric, help, is counter). `intr` starts with the total over all interrupts.
+# /proc/stat key → (node_exporter's metric, help, is counter). `intr` starts with the total.
 FIELDS = {
-    "ctxt": ("context_switches_total", "Context switches since boot.", True),
-    "intr": ("interrupts_total", "Interrupts serviced since boot (all sources).", True),
-    "processes": ("forks_total", "Processes and threads created since boot.", True),
-    "procs_running": ("procs_running", "Tasks runnable now (running or waiting for a CPU).", False),
-    "procs_blocked": ("procs_blocked", "Tasks blocked now, waiting for I/O to complete.", False),
+    "intr": ("intr_total", "Total number of interrupts serviced.", True),
+    "ctxt": ("context_switches_total", "Total number of context switches.", True),
+    "processes": ("forks_total", "Total number of forks.", True),
+    "btime": ("boot_time_seconds", "Node boot time, in unixtime.", False),
+    "procs_running": ("procs_running", "Number of processes in runnable state.", False),
+    "procs_blocked": ("procs_blocked", "Number of processes blocked waiting for I/O to complete.", False),
 }
 
 
 @register
 class StatCollector(Collector[NoOptions]):
     name = "stat"
-    description = "Context switches, interrupts, forks, runnable and blocked tasks (/proc/stat)."
+    description = "Boot time, context switches, interrupts, forks, runnable and blocked tasks (/proc/stat)."
+    node_collectors = ("stat",)
 
     def collect(self) -> Iterator[Metric]:
         path = self.paths.proc("stat")
@@ -33,4 +35,5 @@ class StatCollector(Collector[NoOptions]):
                     continue
                 name, doc, is_counter = field
                 value = float(rest.split(None, 1)[0])
-                yield counter(name, doc, value) if is_counter else gauge(name, doc, value)
+                make = counter if is_counter else gauge
+                yield make(name, doc, value, namespace=NODE)

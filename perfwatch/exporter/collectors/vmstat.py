@@ -1,35 +1,37 @@
-"""Paging activity and OOM kills, from /proc/vmstat."""
+"""Paging activity, swapping and OOM kills, from /proc/vmstat (node_vmstat_<field>, untyped)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import Collector, NoOptions, counter, parsing, read_text, register
+from perfwatch.common.config import Regex
+from perfwatch.exporter.collectors.base import Collector, parsing, read_text, register, untyped
 
-# /proc/vmstat key → (metric, help, multiplier to the base unit). pgpgin/pgpgout are in KiB
-# (the kernel turns sectors into kilobytes before printing them), whatever their name says.
-FIELDS = {
-    "pgfault": ("page_faults_total", "Page faults (minor and major) since boot.", 1),
-    "pgmajfault": ("major_page_faults_total", "Major page faults (needing I/O) since boot.", 1),
-    "pgpgin": ("paged_in_bytes_total", "Bytes paged in from block devices since boot.", 1024),
-    "pgpgout": ("paged_out_bytes_total", "Bytes paged out to block devices since boot.", 1024),
-    "oom_kill": ("oom_kills_total", "Processes killed by the out-of-memory killer since boot.", 1),
-}
+
+@dataclasses.dataclass
+class VmstatOptions:
+    fields: Regex = dataclasses.field(default=Regex(r"(oom_kill|pgpg|pswp|pg.*fault).*"), metadata={
+        "help": "/proc/vmstat fields reported (anchored regex). The default, node_exporter's: page "
+                "faults, pages paged in/out (pgpgin/pgpgout, in KiB), swapped in/out, OOM kills."})
 
 
 @register
-class VmstatCollector(Collector[NoOptions]):
+class VmstatCollector(Collector[VmstatOptions]):
     name = "vmstat"
-    description = "Page faults, major page faults, bytes paged in and out, OOM kills (/proc/vmstat)."
+    description = "Page faults, paging and swapping, OOM kills: /proc/vmstat fields as node_vmstat_<field>."
+    node_collectors = ("vmstat",)
+
+    def setup(self) -> None:
+        self.fields = self.options.fields.compiled
 
     def collect(self) -> Iterator[Metric]:
+        # Untyped and raw, as node_exporter exposes them: its users' queries see the same.
         path = self.paths.proc("vmstat")
         with parsing(path):
             for line in read_text(path).splitlines():
                 key, _, value = line.partition(" ")
-                field = FIELDS.get(key)
-                if field is not None:
-                    name, doc, scale = field
-                    yield counter(name, doc, float(int(value) * scale))
+                if self.fields.match(key):
+                    yield untyped(f"vmstat_{key}", f"/proc/vmstat information field {key}.", float(value))
