@@ -46,7 +46,7 @@ from support.postgres import scalar
 from support.procs import REPO, Service, free_port, python_module
 from support.prometheus import Prometheus
 from support.waiting import wait_until
-from test_collectors_fake_host import HWMON
+from test_collectors_fake_host import HWMON, HWMON_LINKS
 from test_perf_collector import FakeKernel
 
 from perfwatch.archiver.embedded import EmbeddedPostgres, bin_dir
@@ -66,8 +66,8 @@ RECORDING = [r for g in yaml.safe_load((REPO / "provisioning/prometheus/rules/re
              for r in g["rules"]]
 PROMETHEUS_OWN = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_samples_post_metric_relabeling",
                   "scrape_series_added"}
-METRIC_NAME = re.compile(r"\b((?:instance_cpu|instance_device|instance):[a-zA-Z0-9_:]+|perfwatch_[a-zA-Z0-9_]+|"
-                         r"process_[a-z_]+|up|scrape_[a-z_]+)\b")
+METRIC_NAME = re.compile(r"\b((?:instance_cpu|instance_device|instance):[a-zA-Z0-9_:]+|"
+                         r"(?:perfwatch|node)_[a-zA-Z0-9_]+|process_[a-z_]+|up|scrape_[a-z_]+)\b")
 
 
 # -- the hardware this VM lacks ---------------------------------------------------------------------
@@ -96,7 +96,8 @@ class CountingKernel(FakeKernel):
 
 
 class HardwareHost:
-    """/metrics of a host with a PMU, hwmon sensors and cpufreq: perfwatch's own collectors over fakes."""
+    """/metrics of a host with a PMU, hwmon sensors and cpufreq (perfwatch's own collectors over fakes),
+    and the tcpstat collector that is off by default (the compose exporter turns it on)."""
 
     def __init__(self, root: Path) -> None:
         sysfs = root / "sys"
@@ -108,6 +109,8 @@ class HardwareHost:
         for relative, text in files.items():
             (sysfs / relative).parent.mkdir(parents=True, exist_ok=True)
             (sysfs / relative).write_text(text)
+        for link, target in HWMON_LINKS.items():
+            (sysfs / link).symlink_to(target)
         paths = HostPaths(sysfs=str(sysfs))
         registry = load_all()
         perf = registry["perf"]
@@ -115,7 +118,7 @@ class HardwareHost:
         collectors: list[Collector[Any]] = [perf(from_mapping(perf.Options, {}, "collectors.perf"), paths,
                                                  kernel=CountingKernel())]
         collectors += [registry[n](from_mapping(registry[n].Options, {}, f"collectors.{n}"), paths)
-                       for n in ("hwmon", "cpufreq")]
+                       for n in ("hwmon", "cpufreq", "tcpstat")]  # tcpstat: off by default, as in node_exporter
         self.collectors = CollectorSet(collectors)
         self.server = WebServer("127.0.0.1", 0, {"/metrics": metrics_handler(build_registry(self.collectors,
                                                                                             version="test"))},
@@ -309,7 +312,13 @@ def prometheus_variables(stack: Stack, dashboard: dict[str, Any], hosts: list[st
     instances = label_values(stack, specs["instance"]["definition"], {"job": job})
     chosen = [h for h in hosts if h in instances]
     assert chosen, f"$instance offers {instances}, none of {hosts}"
-    return {"job": job, "instance": Variable.from_dashboard(specs["instance"], chosen, instances)}
+    variables = {"job": job, "instance": Variable.from_dashboard(specs["instance"], chosen, instances)}
+    # The detail variables (device, mountpoint, interface): All, as a dashboard opens, of what they offer.
+    for name, spec in specs.items():
+        if name not in variables and spec["type"] == "query":
+            offered = label_values(stack, spec["definition"], variables)
+            variables[name] = Variable.from_dashboard(spec, [ALL], offered)
+    return variables
 
 
 def run_promql(stack: Stack, expr: str, variables: dict[str, Variable], instant: bool) -> list[dict[str, Any]]:
@@ -435,7 +444,7 @@ def test_grafana_role_as_compose_creates_it_only_reads(stack: Stack) -> None:
                           "CREATE TABLE perfwatch.y (a int)"):
             with pytest.raises(psycopg.Error):
                 conn.execute(statement)
-        assert scalar(conn, "SELECT count(*) FROM perfwatch.panel('perfwatch_load1', '{}', now() - interval '1h', "
+        assert scalar(conn, "SELECT count(*) FROM perfwatch.panel('node_load1', '{}', now() - interval '1h', "
                             "now(), '10 seconds')") > 0
 
 
