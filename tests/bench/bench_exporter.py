@@ -1,15 +1,23 @@
-"""Scrape perfwatch-exporter and Debian's prometheus-node-exporter alternately, on the same host.
+"""Scrape perfwatch-exporter and Debian's prometheus-node-exporter on the same host, with the same collectors.
 
-    .venv/bin/python tests/bench/bench_exporter.py [--scrapes 300] [--interval 0.05] [--config FILE]
+    .venv/bin/python tests/bench/bench_exporter.py [--scrapes 300] [--interval 0.05] [--concurrency 8]
+        [--rounds 40] [--repeat 3] [--config FILE]
 
-Both start on loopback with their default collectors and are scraped the way Prometheus does
-(keep-alive connection, `Accept-Encoding: gzip`, Prometheus' Accept header), one after the other,
-the same number of times. Printed per exporter: series, bytes (plain and gzip), median and p90
-scrape latency, CPU seconds per scrape (utime+stime from /proc/<pid>/stat over the whole run,
-divided by the scrapes), RSS at the end, and perfwatch's ratio to node_exporter.
+Both start on loopback and are scraped the way Prometheus does (keep-alive connections,
+`Accept-Encoding: gzip`, Prometheus' Accept header). node_exporter runs with exactly the
+collectors that correspond to perfwatch's enabled ones (`--collector.disable-defaults` and one
+`--collector.X` for each name in the enabled perfwatch collectors' `node_collectors`), so the
+two do the same work; the collectors perfwatch has and node_exporter lacks (perf) are listed.
 
-node_exporter runs with its defaults except `--no-collector.systemd`: Debian turns that collector
-on, and without systemd (containers, this VM) it only fails at every scrape.
+Each repetition has two phases, each exporter measured in turn within it:
+- sequential: one scraper, the two exporters alternately, `--scrapes` each, `--interval` apart;
+- concurrent: `--concurrency` scrapers (one keep-alive connection each) that start a scrape of
+  one exporter at the same moment, wait for all answers, then do the same to the other,
+  `--rounds` times, `--interval` apart (as several Prometheus servers whose scrapes line up).
+Printed per phase and exporter: median and p90 latency, CPU seconds per scrape (utime+stime
+from /proc/<pid>/stat over the phase, divided by its scrapes), and perfwatch's ratio; per
+exporter: series, bytes (plain and gzip), RSS at the end; with `--repeat`, each repetition's
+ratios with the load average before it, and their median and range.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +141,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-DURATION = re.compile(rb'^perfwatch_scrape_collector_duration_seconds\{collector="([^"]+)"\} (\S+)$', re.MULTILINE)
+DURATION = re.compile(rb'^node_scrape_collector_duration_seconds\{collector="([^"]+)"\} (\S+)$', re.MULTILINE)
 
 
 def collector_durations(bodies: list[bytes]) -> dict[str, float]:
@@ -152,16 +161,153 @@ def node_exporter_facts(exe: str, log_path: Path) -> tuple[str, list[str]]:
     return version, collectors
 
 
+def node_exporter_known(exe: str) -> set[str]:
+    """The collectors this node_exporter binary has (its --help lists --[no-]collector.NAME)."""
+    result = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    return set(re.findall(r"--(?:\[no-\])?collector\.([a-z_0-9]+)\s", result.stdout + result.stderr))
+
+
+def matching_collectors(config: str | None) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """perfwatch's enabled collectors, and for each the node_exporter collectors it stands for."""
+    sys.path.insert(0, str(REPO))
+    from perfwatch.exporter.collectors import REGISTRY
+    from perfwatch.exporter.settings import load_settings
+
+    _, settings = load_settings(config)
+    enabled = [name for name, entry in settings.items() if entry.enabled]
+    return enabled, {name: REGISTRY[name].node_collectors for name in enabled}
+
+
+@dataclass
+class Phase:
+    latencies: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+    scrapes: int = 0
+
+    def row(self) -> dict[str, float]:
+        return {"median_ms": statistics.median(self.latencies) * 1000,
+                "p90_ms": percentile(self.latencies, 0.9) * 1000,
+                "cpu_ms_per_scrape": self.cpu / self.scrapes * 1000}
+
+
+@dataclass
+class Run:
+    """One repetition: the load average before it, and each phase's row per exporter."""
+
+    load: str
+    sequential: dict[str, dict[str, float]]
+    concurrent: dict[str, dict[str, float]] | None = None
+    distinct: dict[str, int] = field(default_factory=dict)
+
+
+def sequential(targets: list[Target], scrapes: int, interval: float) -> dict[str, Phase]:
+    phases = {t.name: Phase(scrapes=scrapes) for t in targets}
+    start = {t.name: cpu_seconds(t.pid) for t in targets}
+    for _ in range(scrapes):
+        for target in targets:
+            phases[target.name].latencies.append(target.scrape())
+            target.bodies.append(target.body)
+            time.sleep(interval)
+    for target in targets:
+        phases[target.name].cpu = cpu_seconds(target.pid) - start[target.name]
+    return phases
+
+
+class Scrapers:
+    """`n` threads, each with its own keep-alive connection to every target, that scrape one
+    target at the same moment when told to."""
+
+    def __init__(self, targets: list[Target], n: int) -> None:
+        self.clones = [[Target(t.name, t.argv, t.port, proc=t.proc) for t in targets] for _ in range(n)]
+        for row in self.clones:
+            for clone in row:
+                clone.conn = http.client.HTTPConnection("127.0.0.1", clone.port, timeout=30)
+        self.n = n
+        self.start = threading.Barrier(n + 1)
+        self.done = threading.Barrier(n + 1)
+        self.which = 0
+        self.latencies: list[list[float]] = [[] for _ in range(n)]
+        self.bodies: list[list[bytes]] = [[] for _ in range(n)]
+        self.stop = False
+        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(n)]
+        for thread in self.threads:
+            thread.start()
+
+    def _loop(self, i: int) -> None:
+        while True:
+            self.start.wait()
+            if self.stop:
+                return
+            target = self.clones[i][self.which]
+            self.latencies[i].append(target.scrape())
+            self.bodies[i].append(target.body)
+            self.done.wait()
+
+    def round(self, which: int) -> tuple[list[float], list[bytes]]:
+        """All `n` scrape target `which` at once; their latencies and bodies."""
+        self.which = which
+        for latencies, bodies in zip(self.latencies, self.bodies, strict=True):
+            latencies.clear()
+            bodies.clear()
+        self.start.wait()
+        self.done.wait()
+        return [x for row in self.latencies for x in row], [b for row in self.bodies for b in row]
+
+    def close(self) -> None:
+        self.stop = True
+        self.start.wait()
+        for thread in self.threads:
+            thread.join(10)
+        for row in self.clones:
+            for clone in row:
+                assert clone.conn is not None
+                clone.conn.close()
+
+
+def concurrent(targets: list[Target], scrapers: Scrapers, rounds: int, interval: float
+               ) -> tuple[dict[str, Phase], dict[str, int]]:
+    """The phases, and for each target how many distinct collections answered its scrapes
+    (distinct sets of collector durations: scrapes that shared a collection have the same)."""
+    phases = {t.name: Phase(scrapes=rounds * scrapers.n) for t in targets}
+    distinct = dict.fromkeys(phases, 0)
+    start = {t.name: cpu_seconds(t.pid) for t in targets}
+    for _ in range(rounds):
+        for which, target in enumerate(targets):
+            latencies, bodies = scrapers.round(which)
+            phases[target.name].latencies += latencies
+            distinct[target.name] += len({tuple(DURATION.findall(b)) for b in bodies})
+            time.sleep(interval)
+    for target in targets:
+        phases[target.name].cpu = cpu_seconds(target.pid) - start[target.name]
+    return phases, distinct
+
+
+def print_table(title: str, rows: dict[str, dict[str, float]], names: list[str]) -> None:
+    print(f"\n{title}\n{'':<20}" + "".join(f"{n:>15}" for n in names) + f"{'ratio':>10}")
+    for key in rows[names[0]]:
+        a, b = rows[names[0]][key], rows[names[1]][key]
+        ratio = f"{a / b:.2f}" if b else "-"
+        print(f"{key:<20}" + "".join(f"{rows[n][key]:>15.2f}" for n in names) + f"{ratio:>10}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scrapes", type=int, default=300, help="scrapes of each exporter (default 300)")
+    parser.add_argument("--scrapes", type=int, default=300, help="sequential scrapes of each exporter (default 300)")
     parser.add_argument("--warmup", type=int, default=10, help="scrapes of each not counted (default 10)")
     parser.add_argument("--interval", type=float, default=0.05,
-                        help="pause between two scrapes, seconds (default 0.05)")
+                        help="pause between two scrapes, or two rounds, seconds (default 0.05)")
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent scrapers (default 8; 0: none)")
+    parser.add_argument("--rounds", type=int, default=40, help="rounds of concurrent scrapes (default 40)")
+    parser.add_argument("--repeat", type=int, default=1, help="repetitions of both phases (default 1)")
     parser.add_argument("--config", help="perfwatch config file (default: none, every default collector)")
     args = parser.parse_args()
 
     node_exe = ensure_node_exporter()
+    enabled, mapping = matching_collectors(args.config)
+    known = node_exporter_known(node_exe)
+    wanted = sorted({n for names in mapping.values() for n in names})
+    unknown = [n for n in wanted if n not in known]
+    node_flags = ["--collector.disable-defaults", *(f"--collector.{n}" for n in wanted if n in known)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-exporter-"))
     perfwatch_port, node_port = free_port(), free_port()
     perfwatch_argv = [sys.executable, "-m", "perfwatch.exporter", "--listen", f"127.0.0.1:{perfwatch_port}",
@@ -170,9 +316,11 @@ def main() -> int:
         perfwatch_argv += ["--config", args.config]
     targets = [
         Target("perfwatch", perfwatch_argv, perfwatch_port),
-        Target("node_exporter", [node_exe, f"--web.listen-address=127.0.0.1:{node_port}", "--no-collector.systemd"],
-               node_port),
+        Target("node_exporter", [node_exe, f"--web.listen-address=127.0.0.1:{node_port}", *node_flags], node_port),
     ]
+    names = [t.name for t in targets]
+    runs: list[Run] = []
+    scrapers: Scrapers | None = None
     try:
         for target in targets:
             target.start(workdir)
@@ -180,43 +328,57 @@ def main() -> int:
             for target in targets:
                 target.scrape()
                 time.sleep(args.interval)
-        for target in targets:
-            target.cpu_start = cpu_seconds(target.pid)
-        for _ in range(args.scrapes):
-            for target in targets:
-                target.latencies.append(target.scrape())
-                target.bodies.append(target.body)
-                time.sleep(args.interval)
-        for target in targets:
-            target.cpu_end = cpu_seconds(target.pid)
+        if args.concurrency > 0:
+            scrapers = Scrapers(targets, args.concurrency)
+            for _ in range(2):  # warm the new connections up
+                for which in range(len(targets)):
+                    scrapers.round(which)
+        for _ in range(args.repeat):
+            load = Path("/proc/loadavg").read_text().split()[0]
+            run = Run(load, {name: phase.row() for name, phase in
+                             sequential(targets, args.scrapes, args.interval).items()})
+            if scrapers is not None:
+                phases, run.distinct = concurrent(targets, scrapers, args.rounds, args.interval)
+                run.concurrent = {name: phase.row() for name, phase in phases.items()}
+            runs.append(run)
         rss = {t.name: rss_bytes(t.pid) for t in targets}
     finally:
+        if scrapers is not None:
+            scrapers.close()
         for target in targets:
             target.stop()
 
     version, node_collectors = node_exporter_facts(node_exe, workdir / "node_exporter.log")
     print(f"host: {os.uname().nodename}, {os.cpu_count()} CPUs, kernel {os.uname().release}; "
-          f"{args.scrapes} scrapes each, alternating, {args.interval * 1000:.0f} ms apart, after {args.warmup} warm-up")
-    print(f"node_exporter: {version}; collectors: {', '.join(node_collectors)} (systemd disabled)")
-    rows = {}
-    for t in targets:
-        rows[t.name] = {
-            "series": float(t.series()),
-            "bytes": float(len(t.body)),
-            "gzip_bytes": float(t.gzip_bytes),
-            "median_ms": statistics.median(t.latencies) * 1000,
-            "p90_ms": percentile(t.latencies, 0.9) * 1000,
-            "cpu_ms_per_scrape": (t.cpu_end - t.cpu_start) / args.scrapes * 1000,
-            "rss_mib": rss[t.name] / 2**20,
-        }
-    names = [t.name for t in targets]
-    print(f"\n{'':<20}" + "".join(f"{n:>15}" for n in names) + f"{'ratio':>10}")
-    for key in rows[names[0]]:
-        a, b = rows[names[0]][key], rows[names[1]][key]
-        ratio = f"{a / b:.2f}" if b else "-"
-        print(f"{key:<20}" + "".join(f"{rows[n][key]:>15.2f}" for n in names) + f"{ratio:>10}")
-    print("\nratio = perfwatch / node_exporter (goal for median_ms and cpu_ms_per_scrape: <= 1.0)")
-    print("\nperfwatch, median perfwatch_scrape_collector_duration_seconds per collector (ms):")
+          f"{args.repeat} repetition(s) of: {args.scrapes} sequential scrapes each, alternating, "
+          f"{args.interval * 1000:.0f} ms apart, then {args.rounds} rounds of {args.concurrency} concurrent scrapes "
+          f"of each; after {args.warmup} warm-up")
+    print(f"node_exporter: {version}; collectors: {', '.join(node_collectors)}")
+    print("perfwatch collectors -> node_exporter's: " + ", ".join(
+        f"{name}->{'+'.join(mapping[name]) or '(none)'}" for name in enabled))
+    if unknown:
+        print(f"not in this node_exporter: {', '.join(unknown)}")
+    static = {t.name: {"series": float(t.series()), "bytes": float(len(t.body)), "gzip_bytes": float(t.gzip_bytes),
+                       "rss_mib": rss[t.name] / 2**20} for t in targets}
+    print_table("size and memory", static, names)
+    for i, run in enumerate(runs, 1):
+        print_table(f"run {i} (load average {run.load}), sequential, 1 scraper", run.sequential, names)
+        if run.concurrent is not None:
+            scrapes = args.rounds * args.concurrency
+            print_table(f"run {i}, {args.concurrency} concurrent scrapers ({scrapes} scrapes each; collections "
+                        f"that answered them: perfwatch {run.distinct['perfwatch']})", run.concurrent, names)
+    if len(runs) > 1:
+        print(f"\nratios (perfwatch / node_exporter) over {len(runs)} runs: median [min-max]; "
+              f"load averages {', '.join(r.load for r in runs)}")
+        for label, phase in (("sequential", "sequential"), (f"{args.concurrency} concurrent", "concurrent")):
+            for key in ("median_ms", "cpu_ms_per_scrape"):
+                tables = [getattr(r, phase) for r in runs]
+                ratios = [t[names[0]][key] / t[names[1]][key] for t in tables if t is not None]
+                if ratios:
+                    print(f"  {label:<14} {key:<18} {statistics.median(ratios):.2f} "
+                          f"[{min(ratios):.2f}-{max(ratios):.2f}]")
+    print("\ngoals: median_ms and cpu_ms_per_scrape ratio <= 0.7 sequential, <= 1.0 concurrent; RSS <= 30 MB")
+    print("\nperfwatch, median node_scrape_collector_duration_seconds per collector (ms, sequential scrapes):")
     durations = collector_durations(targets[0].bodies)
     print("  " + ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(durations.items(), key=lambda kv: -kv[1])))
     return 0
