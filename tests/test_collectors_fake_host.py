@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from support.exposition import names, samples, value, values
+from support.hostfiles import write
 from support.prometheus import promtool
 
 from perfwatch.exporter.collectors import load_all
@@ -21,12 +22,6 @@ if TYPE_CHECKING:
     from conftest import StartExporter
 
 
-def write(root: Path, files: dict[str, str]) -> Path:
-    for relative, text in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
 
 
 def only(*enabled: str, **settings: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from support.exposition import names, value, values
+from support.hostfiles import write
 from support.procs import free_port
 
 from perfwatch.common.config import from_mapping
@@ -30,12 +31,6 @@ from perfwatch.exporter.exposition import render_families
 NEW = ("netstat", "netclass", "softnet", "conntrack", "arp", "timex", "entropy", "schedstat", "thermal_zone")
 
 
-def write(root: Path, files: dict[str, str]) -> Path:
-    for relative, text in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
 
 
 def scrape(name: str, root: Path | None = None, **options: Any) -> str:
