@@ -39,9 +39,9 @@ def targets(dashboard: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, A
     return [(panel, target) for panel in panels(dashboard) for target in panel["targets"]]
 
 
-def test_there_are_the_four_dashboards() -> None:
+def test_there_are_the_five_dashboards() -> None:
     uids = {load(path)["uid"] for path in DASHBOARD_FILES}
-    assert uids == {"perfwatch-host", "perfwatch-perf", "perfwatch-history", "perfwatch-self"}
+    assert uids == {"perfwatch-host", "perfwatch-perf", "perfwatch-history", "perfwatch-self", "perfwatch-fleet"}
 
 
 @pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
