@@ -8,19 +8,14 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 from support.exposition import names, value, values
 from support.hostfiles import write
-from support.procs import free_port
+from support.node_exporter import scrape_once
 
 from perfwatch.common.config import from_mapping
 from perfwatch.exporter.collectors import load_all
@@ -328,29 +323,9 @@ def test_timex_real_syscall_matches_the_kernel_clock() -> None:
 
 # --- this machine, beside node_exporter 1.5 -------------------------------------------------------
 
-NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
-
-
 @pytest.fixture(scope="module")
-def node_exporter_text() -> Iterator[str]:
-    assert NODE_EXPORTER is not None, "prometheus-node-exporter is missing: scripts/test installs it"
-    port = free_port()
-    argv = [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
-            *(f"--collector.{name}" for name in NEW)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                yield requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def node_exporter_text() -> str:
+    return scrape_once(["--collector.disable-defaults", *(f"--collector.{name}" for name in NEW)])
 
 
 def series(text: str, prefixes: tuple[str, ...]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,11 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import requests
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from support.exposition import value, values
-from support.procs import free_port
+from support.node_exporter import scrape_once
 from test_perf_kernel import ensure_unprivileged_user
 
 from perfwatch.exporter.collect import CollectorSet
@@ -37,7 +35,6 @@ from perfwatch.exporter.exposition import render_families
 if TYPE_CHECKING:
     from conftest import StartExporter
 
-NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
 
 CASES: dict[str, dict[str, str]] = {
     "good": {"a.prom": "# HELP m_total Some counter.\n# TYPE m_total counter\nm_total{x=\"1\"} 3\nm_total{x=\"2\"} 4\n"
@@ -81,28 +78,8 @@ def normalized(text: str, prefixes: tuple[str, ...] = ("node_textfile_",)) -> li
 
 
 def node_exporter_scrape(directory: Path, user: str | None = None) -> str:
-    assert NODE_EXPORTER is not None, "prometheus-node-exporter is missing: scripts/test installs it"
-    assert NODE_EXPORTER is not None
-    port = free_port()
-    argv = [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
-            "--collector.textfile", f"--collector.textfile.directory={directory}"]
-    kwargs: dict[str, Any] = {}
-    if user:
-        import pwd
-        kwargs = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    return scrape_once(["--collector.disable-defaults", "--collector.textfile",
+                        f"--collector.textfile.directory={directory}"], user)
 
 
 def perfwatch_scrape(directory: Path | str | None) -> str:

@@ -12,10 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import shutil
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterable, Iterator
 
 from prometheus_client.openmetrics.parser import text_fd_to_metric_families as openmetrics_fd_to_metric_families
@@ -121,30 +117,8 @@ def perfwatch_exposition() -> str:
         collector_set.close()
 
 
-NODE_EXPORTER = "prometheus-node-exporter"
-
-
 def node_exporter_exposition() -> str | None:
     """node_exporter's real /metrics on this machine, or None where it is not installed."""
-    binary = shutil.which(NODE_EXPORTER)
-    if binary is None:
-        return None
-    from support.procs import free_port
+    from support import node_exporter
 
-    port = free_port()
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-                    text: str = response.read().decode()
-                    return text
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    return node_exporter.scrape_once() if node_exporter.NODE_EXPORTER else None
