@@ -8,9 +8,12 @@ and the store writes, so it serialises to one line of JSON and back without loss
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import math
 from typing import Any, Literal
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # How a sample is rolled up: counters (`_total`, and histogram/summary `_bucket`/`_sum`/`_count`)
 # and untyped samples (no TYPE, as PromQL's rate() treats them) get reset-corrected increases;
@@ -61,6 +64,17 @@ class Batch:
         samples = [Sample(name, tuple((k, v) for k, v in labels), _decode_float(value), ts)
                    for name, labels, value, ts in data["samples"]]
         return cls(data["job"], data["instance"], data["scraped_at_ms"], samples, metadata)
+
+
+def ms_to_datetime(ms: int) -> dt.datetime:
+    """A sample's timestamp (ms since the epoch) as PostgreSQL's timestamptz comes and goes."""
+    return EPOCH + dt.timedelta(milliseconds=ms)
+
+
+def datetime_to_ms(value: dt.datetime) -> int:
+    """The inverse of ms_to_datetime, exact (integer arithmetic, no float seconds)."""
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def _encode_float(value: float) -> float | str:

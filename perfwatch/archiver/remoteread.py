@@ -38,6 +38,8 @@ import sqlalchemy as sa
 from perfwatch.archiver import db, prompb
 from perfwatch.archiver.database import Database
 from perfwatch.archiver.db import DatabaseUnavailable, make_engine
+from perfwatch.archiver.model import datetime_to_ms as _ms
+from perfwatch.archiver.model import ms_to_datetime as _ts
 from perfwatch.archiver.receive import RequestError, decode_request
 from perfwatch.archiver.selfmetrics import ArchiverMetrics
 from perfwatch.common.httpserver import Request, Response
@@ -45,7 +47,6 @@ from perfwatch.common.httpserver import Request, Response
 log = logging.getLogger(__name__)
 
 READ_PATH = "/api/v1/read"
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 RAW = dt.timedelta(milliseconds=1)  # the resolution that makes plan_tiers read raw
 TIER_FIT = 5  # a tier serves a step (or range) at least this many times its resolution
 # PromQL functions whose answer counts or orders every sample: a bucket cannot stand in for them.
@@ -213,11 +214,3 @@ def _samples(rows: Sequence[Any], kind: str, func: str) -> list[Any]:
         return [make(value=row.last_value, timestamp=_ms(row.ts)) for row in rows]
     return [make(value=getattr(row, pick), timestamp=_ms(row.ts)) for row in rows]
 
-
-def _ts(ms: int) -> dt.datetime:
-    return EPOCH + dt.timedelta(milliseconds=ms)
-
-
-def _ms(value: dt.datetime) -> int:
-    delta = value - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000

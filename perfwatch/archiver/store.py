@@ -42,11 +42,10 @@ import psycopg
 import sqlalchemy as sa
 
 from perfwatch.archiver import db
-from perfwatch.archiver.model import Batch, MetricMeta, Sample, SampleKind
+from perfwatch.archiver.model import EPOCH, Batch, MetricMeta, Sample, SampleKind, datetime_to_ms, ms_to_datetime
 
 log = logging.getLogger(__name__)
 
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 LAST_SEEN_REFRESH_MS = 3_600_000  # series.last_seen is refreshed at most hourly per series
 MAX_AHEAD_MS = 3_600_000  # samples more than an hour ahead of this clock are out of bounds
 # Transactions one batch may spend isolating refused samples; past it, what still fails is dropped
@@ -363,15 +362,11 @@ def _clean_text(text: str) -> str:
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
-def _ts(ms: int) -> dt.datetime:
-    return EPOCH + dt.timedelta(milliseconds=ms)
+_ts = ms_to_datetime
 
 
-def _to_ms(value: Any) -> int | None:
-    if value is None:
-        return None
-    delta: dt.timedelta = value - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+def _to_ms(value: dt.datetime | None) -> int | None:
+    return None if value is None else datetime_to_ms(value)
 
 
 class _RefusedError(Exception):
