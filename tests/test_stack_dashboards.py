@@ -97,7 +97,7 @@ class CountingKernel(FakeKernel):
 
 class HardwareHost:
     """/metrics of a host with a PMU, hwmon sensors and cpufreq (perfwatch's own collectors over fakes),
-    and the tcpstat collector that is off by default (the compose exporter turns it on)."""
+    and the tcpstat and process_groups collectors that are off by default (the compose exporter turns them on)."""
 
     def __init__(self, root: Path) -> None:
         sysfs = root / "sys"
@@ -119,6 +119,11 @@ class HardwareHost:
                                                  kernel=CountingKernel())]
         collectors += [registry[n](from_mapping(registry[n].Options, {}, f"collectors.{n}"), paths)
                        for n in ("hwmon", "cpufreq", "tcpstat")]  # tcpstat: off by default, as in node_exporter
+        # process_groups: off by default too; with the options compose's exporter.yml gives it, over this /proc.
+        compose = yaml.safe_load((REPO / "provisioning/perfwatch/exporter.yml").read_text())["collectors"]
+        options = {k: v for k, v in compose["process_groups"].items() if k != "enabled"}
+        groups = registry["process_groups"]
+        collectors.append(groups(from_mapping(groups.Options, options, "collectors.process_groups"), paths))
         self.collectors = CollectorSet(collectors)
         self.server = WebServer("127.0.0.1", 0, {"/metrics": metrics_handler(build_registry(self.collectors,
                                                                                             version="test"))},
