@@ -21,6 +21,7 @@ from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import WebConfig, load_web_config
 
 if TYPE_CHECKING:
+    from perfwatch.archiver.alerthistory import AlertWebhook
     from perfwatch.archiver.backfill import ImportJob
     from perfwatch.archiver.receive import RemoteWriteReceiver
     from perfwatch.archiver.remoteread import RemoteReader
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accept Prometheus' remote_write at POST /api/v1/write (receive.remote_write)")
     common.add_argument("--enable-remote-read", action="store_true", default=S,
                         help="answer Prometheus' remote_read at POST /api/v1/read (receive.remote_read)")
+    common.add_argument("--enable-alertmanager-webhook", action="store_true", default=S,
+                        help="keep the alert history Alertmanager's webhook posts to POST /alertmanager/webhook "
+                        "(receive.alertmanager_webhook)")
     add_web_arguments(common, "the archiver", default=S)
     parser = argparse.ArgumentParser(
         prog="perfwatch-archiver", parents=[common],
@@ -104,14 +108,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {"listen": opt("listen"), "data_dir": opt("data_dir"), "scrape_interval": opt("scrape_interval"),
                  "log_level": opt("log_level"), "database.dsn": opt("dsn"), "targets": opt("target"),
                  "max_connections": opt("max_connections"),
-                 "receive.remote_write": opt("enable_remote_write"), "receive.remote_read": opt("enable_remote_read")}
+                 "receive.remote_write": opt("enable_remote_write"), "receive.remote_read": opt("enable_remote_read"),
+                 "receive.alertmanager_webhook": opt("enable_alertmanager_webhook")}
     try:
         settings = load_settings(opt("config"), overrides)  # type: ignore[arg-type]
         dsn = settings.database.resolve_dsn()
         if command == "run" and not settings.has_sources():
             raise ConfigError("targets", "nothing to do: give --target URL, or `targets` or `file_sd_configs` "
-                              "in the config file, or open remote_write or remote_read (--enable-remote-write, "
-                              "`receive` in the config file)")
+                              "in the config file, or open remote_write, remote_read or the Alertmanager webhook "
+                              "(--enable-remote-write, `receive` in the config file)")
         web_config = load_web_config(str(opt("web_config"))) if opt("web_config") else None
         import_job = _import_job(args) if command == "import" else None
     except ConfigError as err:
@@ -219,6 +224,7 @@ class RemoteDoors:
     config says (`receive`), as Prometheus' --web.enable-remote-write-receiver."""
 
     def __init__(self, settings: ArchiverSettings, archiver: Archiver) -> None:
+        from perfwatch.archiver.alerthistory import WEBHOOK_PATH, AlertWebhook
         from perfwatch.archiver.receive import WRITE_PATH, RemoteWriteReceiver
         from perfwatch.archiver.remoteread import READ_PATH, RemoteReader
 
@@ -228,6 +234,7 @@ class RemoteDoors:
         self.body_limits: dict[str, int] = {}
         self.receiver: RemoteWriteReceiver | None = None
         self.reader: RemoteReader | None = None
+        self.alerts: AlertWebhook | None = None
         if receive.remote_write:
             self.receiver = RemoteWriteReceiver(archiver.spool, archiver.metrics, settings.receive_limits(),
                                                 int(receive.body_size_limit))
@@ -240,17 +247,24 @@ class RemoteDoors:
                                        concurrency=receive.remote_read_concurrent_limit)
             self.routes[READ_PATH] = self.reader.handle
             log.info("remote_read open at %s", READ_PATH)
+        if receive.alertmanager_webhook:
+            self.alerts = AlertWebhook(lambda: archiver.db, archiver.metrics)
+            self.routes[WEBHOOK_PATH] = self.alerts.handle
+            log.info("Alertmanager webhook open at %s", WEBHOOK_PATH)
         # The compressed body is at most the decompressed limit (snappy grows incompressible input by
         # a few bytes per 64 KiB): what passes here is checked again once decompressed.
         self.body_limits = {path: int(receive.body_size_limit) + (int(receive.body_size_limit) >> 10) + 64
-                            for path in self.routes}
+                            for path in self.routes if path != WEBHOOK_PATH}
+        if self.alerts is not None:  # JSON, read as it comes: the limit is the body's
+            self.body_limits[WEBHOOK_PATH] = int(receive.alertmanager_body_size_limit)
 
     def reload(self, new: ArchiverSettings) -> None:
         """New limits in force; opening or closing a door needs a restart (said in the log)."""
         old, receive = self.settings.receive, new.receive
-        if (receive.remote_write, receive.remote_read) != (old.remote_write, old.remote_read):
-            log.warning("reload: receive.remote_write / remote_read changed; it takes effect when the archiver "
-                        "restarts")
+        if (receive.remote_write, receive.remote_read, receive.alertmanager_webhook) != (
+                old.remote_write, old.remote_read, old.alertmanager_webhook):
+            log.warning("reload: receive.remote_write / remote_read / alertmanager_webhook changed; it takes effect "
+                        "when the archiver restarts")
         if self.receiver is not None:
             self.receiver.configure(new.receive_limits(), int(receive.body_size_limit))
         if self.reader is not None:

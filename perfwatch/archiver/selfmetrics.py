@@ -97,6 +97,20 @@ class ArchiverMetrics:
         self.remote_read_samples = Counter(PREFIX + "remote_read_samples_total",
                                            "Samples answered by remote_read, by the level read (raw or a tier).",
                                            ["level"], registry=r)
+        # Alertmanager's webhook (alerthistory.py), when the config opens it.
+        self.alert_webhook_requests = Counter(PREFIX + "alert_webhook_requests_total",
+                                              "Alertmanager webhook requests answered, by HTTP status code.",
+                                              ["code"], registry=r)
+        self.alert_notifications = Counter(PREFIX + "alert_notifications_total",
+                                           "Alertmanager notifications stored, by the notification's status "
+                                           "(firing, resolved).", ["status"], registry=r)
+        self.alerts_received = Counter(PREFIX + "alerts_received_total",
+                                       "Alerts in the stored notifications, by the alert's status (firing, resolved).",
+                                       ["status"], registry=r)
+        self.alert_occurrences = Counter(PREFIX + "alert_occurrences_total",
+                                         "Alerts stored, by what they did to the history: new (an occurrence not "
+                                         "seen before), resolved (its resolution recorded), repeated (nothing new: "
+                                         "a re-delivery or repeat).", ["outcome"], registry=r)
 
         # Set by the service once the store exists: its counts of samples not stored, by reason.
         self.store_dropped: Callable[[], Mapping[str, int]] | None = None

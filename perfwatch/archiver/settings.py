@@ -213,6 +213,10 @@ class ReceiveSettings:
                 "--storage.remote.read-sample-limit. 0: no limit."})
     remote_read_concurrent_limit: int = dataclasses.field(default=DEFAULT_READ_CONCURRENCY, metadata={
         "help": "Remote reads served at once; more wait. As Prometheus' --storage.remote.read-concurrent-limit."})
+    alertmanager_webhook: bool = dataclasses.field(default=False, metadata={
+        "help": "Accept Alertmanager's webhook at POST /alertmanager/webhook and keep the alert history."})
+    alertmanager_body_size_limit: Size = dataclasses.field(default=Size(8 << 20), metadata={
+        "help": "Largest Alertmanager notification (JSON); a larger one gets 413."})
 
     def validate(self, key: str) -> None:
         if self.body_size_limit < 1 << 10:
@@ -221,6 +225,8 @@ class ReceiveSettings:
             raise ConfigError(f"{key}.remote_read_sample_limit", "must be 0 (no limit) or more")
         if self.remote_read_concurrent_limit < 1:
             raise ConfigError(f"{key}.remote_read_concurrent_limit", "must be at least 1")
+        if self.alertmanager_body_size_limit < 1 << 10:
+            raise ConfigError(f"{key}.alertmanager_body_size_limit", "must be at least 1KiB")
 
 
 @dataclasses.dataclass
@@ -294,7 +300,8 @@ class ArchiverSettings:
 
     def has_sources(self) -> bool:
         """Whether there is anything to do: targets (static, or files that may list some), or a remote door open."""
-        return bool(self.targets or self.file_sd_configs or self.receive.remote_write or self.receive.remote_read)
+        return bool(self.targets or self.file_sd_configs or self.receive.remote_write or self.receive.remote_read
+                    or self.receive.alertmanager_webhook)
 
     def receive_limits(self) -> ScrapeLimits:
         """The label limits remote_write series meet: the top-level ones, as a target without its own."""
@@ -335,7 +342,8 @@ def metrics_url(url: str) -> str:
 CLI_KEYS = {"listen": "--listen", "data_dir": "--data-dir", "scrape_interval": "--scrape-interval",
             "database.dsn": "--dsn", "log_level": "--log-level", "targets": "--target",
             "max_connections": "--web.max-connections", "receive.remote_write": "--enable-remote-write",
-            "receive.remote_read": "--enable-remote-read"}
+            "receive.remote_read": "--enable-remote-read",
+            "receive.alertmanager_webhook": "--enable-alertmanager-webhook"}
 
 
 def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ArchiverSettings:
@@ -348,7 +356,7 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
             continue
         if key == "targets":
             data["targets"] = [{"url": url} for url in value]
-        elif key in ("receive.remote_write", "receive.remote_read"):
+        elif key in ("receive.remote_write", "receive.remote_read", "receive.alertmanager_webhook"):
             receive = data.get("receive")
             receive = dict(receive) if isinstance(receive, dict) else {}
             receive[key.split(".", 1)[1]] = value
