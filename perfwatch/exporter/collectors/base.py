@@ -177,6 +177,21 @@ def read_bytes(path: str) -> bytes:
     return b"".join(chunks)
 
 
+def read_proc_file(path: str, size: int = 4096) -> bytes | None:
+    """A small file of one process (/proc/<pid>/...), in one read, or None if the process has gone meanwhile
+    (or the file is not there); PermissionError is the caller's to judge."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        return None
+    try:
+        return os.read(fd, size)
+    except ProcessLookupError:  # exited between open and read
+        return None
+    finally:
+        os.close(fd)
+
+
 def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8", "replace")
 

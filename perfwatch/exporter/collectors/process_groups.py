@@ -35,7 +35,7 @@ from typing import Literal
 from prometheus_client.core import Metric
 
 from perfwatch.common.config import ConfigError, Duration, Regex
-from perfwatch.exporter.collectors.base import Collector, counter, gauge, parsing, register
+from perfwatch.exporter.collectors.base import Collector, counter, gauge, parsing, read_proc_file, register
 
 OTHER = "other"
 KERNEL = "kernel"
@@ -128,20 +128,6 @@ class _Group:
 
     def reset(self) -> None:
         self.processes = self.threads = self.rss = self.vsize = self.unreadable = self.cpu_delta = 0
-
-
-def read_proc_file(path: str) -> bytes | None:
-    """A small /proc file, or None if its process has gone meanwhile (or the file is not there)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-        return None
-    try:
-        return os.read(fd, 4096)
-    except ProcessLookupError:  # exited between open and read
-        return None
-    finally:
-        os.close(fd)
 
 
 def expand(template: str, values: dict[str, str]) -> str:

@@ -10,7 +10,16 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, gauge, parsing, read_text, register
+from perfwatch.exporter.collectors.base import (
+    NODE,
+    Collector,
+    NoOptions,
+    gauge,
+    parsing,
+    read_proc_file,
+    read_text,
+    register,
+)
 
 # The state letters of /proc/<pid>/stat (proc(5)), as node_exporter labels them. These are always
 # emitted (0 included), so that a state going away reads as 0, not as a missing series; others
@@ -23,17 +32,11 @@ LIMITS_MAX_AGE = 60.0  # seconds
 
 
 def read_stat(path: str) -> bytes | None:
-    """The stat line of one process or thread, or None if it has gone away meanwhile."""
+    """The stat line of one process or thread, or None if it has gone away or cannot be read."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except (FileNotFoundError, PermissionError):
+        return read_proc_file(path, 1024)
+    except PermissionError:
         return None
-    try:
-        return os.read(fd, 1024)
-    except ProcessLookupError:  # exited between open and read
-        return None
-    finally:
-        os.close(fd)
 
 
 def state_of(stat: bytes) -> bytes:
