@@ -103,6 +103,12 @@ def established(pid: int, port: int) -> int:
                if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED)
 
 
+def held(pid: int, port: int) -> int:
+    """Connections on its listening port the process still holds open, in any state."""
+    return sum(1 for c in psutil.Process(pid).net_connections("tcp")
+               if c.laddr and c.laddr.port == port and c.status != psutil.CONN_LISTEN)
+
+
 def test_at_max_connections_new_ones_wait_in_the_backlog_and_are_served_once_one_closes(
         tmp_path: Path, exporters: list[ExporterProcess]) -> None:
     exporter = ExporterProcess(tmp_path, "cap", config={**NO_PERF, "max_connections": 3}).start()
@@ -133,6 +139,9 @@ def test_at_max_connections_new_ones_wait_in_the_backlog_and_are_served_once_one
         for sock in (*silent, a_third, waiting):
             sock.close()
     assert exporter.log().count("the most max_connections allows") == 1, exporter.log()  # once per episode
+    # Until the server has closed its ends, a new request would find the cap reached again and count.
+    wait_until(lambda: held(exporter.pid, exporter.port) == 0, "the server to close every connection")
+    time.sleep(0.2)  # the slot is given back just after the socket is closed
     wait_until(lambda: exporter.get("/-/healthy").status_code == 200, "serving again")
     assert exporter.metric("perfwatch_http_connection_limit_reached_total") == 1
 
