@@ -183,6 +183,67 @@ def test_cpu_throttles_and_isolated_fake_tree(start_exporter: StartExporter, tmp
     assert {dict(k)["cpu"] for k in values(text, "node_cpu_isolated")} == {"1", "2"}
 
 
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 85
+model name\t: Intel(R) Xeon(R) "Gold" 6230 CPU @ 2.10GHz
+stepping\t: 7
+microcode\t: 0x5003604
+cpu MHz\t\t: 2100.000
+cache size\t: 28160 KB
+physical id\t: 0
+core id\t\t: 0
+flags\t\t: fpu vme avx avx2 avx512f
+bugs\t\t: spectre_v1 spectre_v2 mds
+power management:
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 85
+model name\t: Intel(R) Xeon(R) "Gold" 6230 CPU @ 2.10GHz
+stepping\t: 7
+microcode\t: 0x5003604
+cache size\t: 28160 KB
+physical id\t: 1
+core id\t\t: 3
+flags\t\t: fpu
+bugs\t\t: spectre_v1
+
+"""
+
+
+def test_cpu_info_fake_cpuinfo(start_exporter: StartExporter, tmp_path: Path) -> None:
+    proc = write(tmp_path / "proc", {"stat": "cpu  1 0 1 1 0 0 0 0 0 0\ncpu0 1 0 1 1 0 0 0 0 0 0\n",
+                                     "cpuinfo": X86_CPUINFO})
+    exporter = start_exporter(only("cpu", procfs=str(proc), options={"cpu": {"info_flags_include": "avx.*"}}))
+    text = exporter.scrape()
+    common = {"vendor": "GenuineIntel", "family": "6", "model": "85", "microcode": "0x5003604",
+              "stepping": "7", "cachesize": "28160 KB", "model_name": 'Intel(R) Xeon(R) "Gold" 6230 CPU @ 2.10GHz'}
+    assert values(text, "node_cpu_info") == {
+        frozenset({**common, "package": "0", "core": "0", "cpu": "0"}.items()): 1,
+        frozenset({**common, "package": "1", "core": "3", "cpu": "1"}.items()): 1}
+    # The first CPU's flags, filtered by the anchored regex; bugs only when asked for.
+    assert {dict(k)["flag"] for k in values(text, "node_cpu_flag_info")} == {"avx", "avx2", "avx512f"}
+    assert "node_cpu_bug_info" not in names(text)
+    promtool("check", "metrics", stdin=text)
+
+
+def test_cpu_info_is_off_by_default_and_reads_arm_features(start_exporter: StartExporter, tmp_path: Path) -> None:
+    arm = ("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes\nCPU implementer\t: 0x41\n\n"
+           "processor\t: 1\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes\nCPU implementer\t: 0x41\n\n")
+    proc = write(tmp_path / "proc", {"stat": "cpu  1 0 1 1 0 0 0 0 0 0\ncpu0 1 0 1 1 0 0 0 0 0 0\n", "cpuinfo": arm})
+    assert "node_cpu_info" not in names(start_exporter(only("cpu", procfs=str(proc))).scrape())
+    text = start_exporter(only("cpu", procfs=str(proc), options={"cpu": {"info": True, "info_flags_include": "aes|fp",
+                                                                          "info_bugs_include": ".*"}})).scrape()
+    empty = dict.fromkeys(("package", "core", "vendor", "family", "model", "model_name", "microcode", "stepping",
+                           "cachesize"), "")
+    assert values(text, "node_cpu_info") == {frozenset({**empty, "cpu": cpu}.items()): 1 for cpu in ("0", "1")}
+    assert {dict(k)["flag"] for k in values(text, "node_cpu_flag_info")} == {"aes", "fp"}
+    assert "node_cpu_bug_info" not in names(text)  # ARM's cpuinfo has no bugs line: no series
+
+
 # --- cpufreq --------------------------------------------------------------------------------------
 
 def test_cpufreq_fake_tree(start_exporter: StartExporter, tmp_path: Path) -> None:

@@ -65,6 +65,22 @@ def test_cpu_seconds_match_proc_stat(start_exporter: StartExporter) -> None:
         assert low - 0.011 <= got <= after[(cpu, mode)] + 0.011, (cpu, mode, low, got)
 
 
+def test_cpu_info_matches_proc_cpuinfo(start_exporter: StartExporter) -> None:
+    exporter = start_exporter({"collectors": {"cpu": {"info": True, "info_flags_include": ".*",
+                                                      "info_bugs_include": ".*"}}})
+    text = exporter.scrape()
+    blocks = [dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines()))
+              for block in Path("/proc/cpuinfo").read_text().strip().split("\n\n")]
+    got = {dict(k)["cpu"]: dict(k) for k in values(text, "node_cpu_info")}
+    assert set(got) == {b["processor"] for b in blocks} and len(got) == os.cpu_count()
+    for block in blocks:
+        mine = got[block["processor"]]
+        assert (mine["model_name"], mine["vendor"], mine["core"]) == (
+            block.get("model name", ""), block.get("vendor_id", ""), block.get("core id", ""))
+    flags = set(blocks[0].get("flags", blocks[0].get("Features", "")).split())
+    assert {dict(k)["flag"] for k in values(text, "node_cpu_flag_info")} == flags and flags
+
+
 def meminfo_metrics() -> dict[str, float]:
     """/proc/meminfo under node_exporter's names: Active(anon) → node_memory_Active_anon_bytes."""
     out = {}

@@ -39,7 +39,11 @@ BINARY = "prometheus-node-exporter"
 # node_exporter flags a perfwatch collector needs beyond `--collector.NAME` to expose what it does.
 EXTRA_FLAGS = {
     "softirqs": ["--collector.stat.softirq"],  # node_softirqs_total{vector} is behind this flag
+    # node_cpu_info and the first CPU's flags and bugs (off by default in both).
+    "cpu": ["--collector.cpu.info", "--collector.cpu.info.flags-include=.*", "--collector.cpu.info.bugs-include=.*"],
 }
+# perfwatch's options for the same.
+EXTRA_OPTIONS = {"cpu": {"info": True, "info_flags_include": ".*", "info_bugs_include": ".*"}}
 
 # Not from a collector: node_exporter's own build info and Go runtime, the HTTP handler's metrics.
 NOT_FROM_COLLECTORS = ("go_", "process_", "promhttp_", "node_exporter_build_info")
@@ -67,7 +71,8 @@ EXACT = {
     "node_time_zone_offset_seconds", "node_time_clocksource_available_info",
     "node_time_clocksource_current_info", "node_cpu_frequency_max_hertz", "node_cpu_frequency_min_hertz",
     "node_cpu_scaling_frequency_max_hertz", "node_cpu_scaling_frequency_min_hertz", "node_cpu_scaling_governor",
-    "node_hwmon_chip_names", "node_hwmon_sensor_label", "node_disk_ata_rotation_rate_rpm",
+    "node_hwmon_chip_names", "node_hwmon_sensor_label",
+    "node_cpu_info", "node_cpu_flag_info", "node_cpu_bug_info", "node_disk_ata_rotation_rate_rpm",
     "node_disk_ata_write_cache", "node_disk_ata_write_cache_enabled",
 }
 
@@ -140,7 +145,7 @@ def node_collector_flags() -> tuple[dict[str, Any], list[str]]:
     names: set[str] = set()
     for name, cls in sorted(load_all().items()):
         enabled = cls.default_enabled and bool(cls.node_collectors)
-        config[name] = {"enabled": enabled}
+        config[name] = {"enabled": enabled, **(EXTRA_OPTIONS.get(name, {}) if enabled else {})}
         if enabled:
             names.update(cls.node_collectors)
             flags += EXTRA_FLAGS.get(name, [])

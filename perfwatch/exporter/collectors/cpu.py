@@ -1,19 +1,65 @@
-"""CPU time per CPU and mode (/proc/stat), thermal throttling and isolated CPUs (sysfs), as
-node_exporter's cpu collector."""
+"""CPU time per CPU and mode (/proc/stat), thermal throttling and isolated CPUs (sysfs), and, when
+asked, each CPU's identity from /proc/cpuinfo: node_exporter's cpu collector."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, counter, gauge, parsing, read_text, register
+from perfwatch.common.config import Regex
+from perfwatch.exporter.collectors.base import NODE, Collector, counter, gauge, parsing, read_text, register
 
 # Column order of the `cpuN` lines in /proc/stat (proc(5)). guest and guest_nice are already
 # counted inside user and nice, so they get a metric of their own instead of a mode.
 MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 GUEST_MODES = ("user", "nice")
+
+# node_cpu_info's labels and the /proc/cpuinfo keys they come from (as prometheus/procfs reads them:
+# x86's names; other architectures leave most empty, and ARM calls its flags "Features").
+INFO_LABELS = ("package", "core", "cpu", "vendor", "family", "model", "model_name", "microcode", "stepping",
+               "cachesize")
+INFO_KEYS = {"physical id": "package", "core id": "core", "processor": "cpu", "vendor_id": "vendor",
+             "vendor": "vendor", "cpu family": "family", "model": "model", "model name": "model_name",
+             "microcode": "microcode", "stepping": "stepping", "cache size": "cachesize"}
+
+
+@dataclasses.dataclass
+class CPUOptions:
+    info: bool = dataclasses.field(default=False, metadata={
+        "help": "Also expose node_cpu_info (vendor, family, model, microcode, ... per CPU, from /proc/cpuinfo), "
+                "as node_exporter's --collector.cpu.info; off by default there too."})
+    info_flags_include: Regex | None = dataclasses.field(default=None, metadata={
+        "help": "Expose node_cpu_flag_info{flag} for the first CPU's flags matching this anchored regex "
+                "(node_exporter's --collector.cpu.info.flags-include, which is unanchored: `.*avx.*` for "
+                "its `avx`); setting it turns `info` on, as there."})
+    info_bugs_include: Regex | None = dataclasses.field(default=None, metadata={
+        "help": "The same for the first CPU's bugs: node_cpu_bug_info{bug} (--collector.cpu.info.bugs-include)."})
+
+
+def parse_cpuinfo(text: str) -> list[dict[str, str]]:
+    """/proc/cpuinfo → one dict per processor: node_cpu_info's labels, plus `flags` and `bugs`.
+    A value is what follows the first ": " of its line; a key with nothing after it is empty."""
+    cpus: list[dict[str, str]] = []
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if not sep:
+            continue
+        value = value[1:] if value.startswith(" ") else value
+        if key == "processor":
+            cpus.append(dict.fromkeys(INFO_LABELS, ""))
+        if not cpus:
+            continue
+        if key in INFO_KEYS:
+            cpus[-1][INFO_KEYS[key]] = value
+        elif key in ("flags", "Features"):
+            cpus[-1]["flags"] = value
+        elif key == "bugs":
+            cpus[-1]["bugs"] = value
+    return cpus
 
 
 def parse_cpu_list(text: str) -> list[int]:
@@ -35,13 +81,17 @@ def read_int(path: str) -> int | None:
 
 
 @register
-class CPUCollector(Collector[NoOptions]):
+class CPUCollector(Collector[CPUOptions]):
     name = "cpu"
     description = "Seconds each CPU spent in each mode (user, system, idle, iowait, ...)."
     node_collectors = ("cpu",)
 
     def setup(self) -> None:
         self.ticks_per_second = float(os.sysconf("SC_CLK_TCK"))
+        options = self.options
+        self.flags_include = options.info_flags_include.compiled if options.info_flags_include is not None else None
+        self.bugs_include = options.info_bugs_include.compiled if options.info_bugs_include is not None else None
+        self.info = options.info or self.flags_include is not None or self.bugs_include is not None
         # CPU directory → (package, core, has thermal_throttle/): the topology changes only with
         # hotplug, so it is read again only when the set of CPUs changes.
         self.topology: dict[str, tuple[int, int, bool] | None] = {}
@@ -69,6 +119,28 @@ class CPUCollector(Collector[NoOptions]):
         yield guest
         yield from self.throttles()
         yield from self.isolated()
+        if self.info:
+            yield from self.cpuinfo()
+
+    def cpuinfo(self) -> Iterator[Metric]:
+        """node_cpu_info per CPU; the first CPU's flags and bugs, filtered, as node_cpu_{flag,bug}_info."""
+        path = self.paths.proc("cpuinfo")
+        with parsing(path):
+            cpus = parse_cpuinfo(read_text(path))
+        info = gauge("cpu_info", "CPU information from /proc/cpuinfo.", labels=list(INFO_LABELS), namespace=NODE)
+        for cpu in cpus:
+            info.add_metric([cpu[label] for label in INFO_LABELS], 1.0)
+        yield info
+        for field, include, name, label in (("flags", self.flags_include, "flag", "flag"),
+                                            ("bugs", self.bugs_include, "bug", "bug")):
+            if include is None or not cpus:
+                continue
+            family = gauge(f"cpu_{name}_info", f"The `{field}` field of CPU information from /proc/cpuinfo "
+                           "taken from the first core.", labels=[label], namespace=NODE)
+            for value in cpus[0].get(field, "").split():
+                if include.match(value):
+                    family.add_metric([value], 1.0)
+            yield family
 
     def throttles(self) -> Iterator[Metric]:
         """node_cpu_core_throttles_total{package,core}, node_cpu_package_throttles_total{package}:
