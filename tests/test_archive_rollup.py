@@ -314,3 +314,36 @@ def test_writes_racing_rollups_lose_nothing(pg_dsn: str) -> None:
     assert assert_tier_matches(engine, data, "rollup_5m", 300, final[0].watermark_after) > 0
     assert assert_tier_matches(engine, data, "rollup_1h", 3600, final[1].watermark_after) > 0
     engine.dispose()
+
+
+def test_a_sample_days_older_than_the_packed_tiers_is_rolled_up(pg_dsn: str) -> None:
+    """A late sample older than every chunk partition of a tier (days late, e.g. a backfill) gets
+    its partition: the rollup pass used to fail on it, and again on every pass after."""
+    from perfwatch.archiver.compact import run_compaction
+
+    engine = db.make_engine(pg_dsn)
+    apply_migrations(engine)
+    start = dt.datetime(2024, 6, 1, 0, 0, tzinfo=dt.UTC)
+    data = synthetic(start, 26, seed=12)
+    store = Store(engine)
+    for batch in batches(data):
+        store.write(batch)
+    now = start + dt.timedelta(hours=26, minutes=5)
+    run_rollups(engine, POLICY, now)
+    run_compaction(engine, POLICY, now)  # packs raw and the 5m tier's first day
+    gauge = data[3]
+    late_t = ms(start - dt.timedelta(days=3)) + 1234
+    late = Batch("synthetic", "host:1", late_t, [Sample(gauge.name, gauge.labels, 42.5, late_t)],
+                 {gauge.name: MetricMeta(gauge.name, "gauge", "gauge")})
+    assert store.write(late) == 1
+    runs = run_rollups(engine, POLICY, now)
+    assert runs[0].dirty_buckets_written == 1
+    bucket = dt.datetime.fromtimestamp(floor_ms(late_t, 300_000) / 1000, dt.UTC)
+    with engine.connect() as conn:
+        sql = conn.execute(sa.select(sa.func.perfwatch.tier_buckets_sql("5m", bucket, bucket + dt.timedelta(minutes=5),
+                                                                        None))).scalar()
+        rows = conn.execute(sa.text(f"SELECT count, sum FROM ({sql}) b")).all()
+        assert [tuple(r) for r in rows] == [(1, 42.5)]
+        assert conn.execute(sa.text("SELECT count(*) FROM perfwatch.rollup_dirty")).scalar() == 0
+    assert [(r.buckets_written, r.dirty_buckets_written) for r in run_rollups(engine, POLICY, now)] == [(0, 0), (0, 0)]
+    engine.dispose()

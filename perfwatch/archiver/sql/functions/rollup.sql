@@ -21,6 +21,7 @@ DECLARE
     part timestamptz;
     written bigint;
     packed_before timestamptz;
+    packed perfwatch.tier;
 BEGIN
     SELECT tt.* INTO t FROM perfwatch.tier tt WHERE tt.name = p_tier;
     SELECT s.* INTO src FROM perfwatch.archive_policy p
@@ -68,6 +69,13 @@ BEGIN
     -- Buckets of windows already packed (rolled up again for late samples) go into their chunks.
     SELECT watermark INTO packed_before FROM perfwatch.tier WHERE name = perfwatch.packed_level(p_tier);
     IF p_lo < packed_before THEN
+        -- A sample days late may be older than every chunk partition the tier has: create them.
+        SELECT tt.* INTO packed FROM perfwatch.tier tt WHERE tt.name = perfwatch.packed_level(p_tier);
+        FOR part IN SELECT generate_series(perfwatch.bucket_floor(packed.partition_width, p_lo),
+                                           least(p_hi, packed_before) - interval '1 microsecond',
+                                           packed.partition_width) LOOP
+            PERFORM perfwatch.ensure_partition(packed.name, part);
+        END LOOP;
         EXECUTE format('CREATE TEMPORARY TABLE perfwatch_repacked ON COMMIT DROP AS WITH moved AS ('
                        'DELETE FROM perfwatch.%I WHERE bucket >= %L AND bucket < %L RETURNING *) SELECT * FROM moved',
                        t.table_name, p_lo, least(p_hi, packed_before));
