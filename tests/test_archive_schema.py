@@ -25,7 +25,8 @@ from perfwatch.archiver.status import tier_status
 from perfwatch.archiver.store import Store
 
 ALL = ["0001_roles.sql", "0002_catalog.sql", "0003_archive.sql", "0004_functions_leave_the_migrations.sql",
-       "0005_partition_drops.sql", "0006_reader_limits.sql", "0007_packed_samples.sql", "0008_alert_history.sql"]
+       "0005_partition_drops.sql", "0006_reader_limits.sql", "0007_packed_samples.sql", "0008_alert_history.sql",
+       "0009_utilisation.sql"]
 APPLIED = sa.text("SELECT name FROM perfwatch.schema_migration ORDER BY version")
 
 
@@ -54,7 +55,7 @@ def test_an_edited_or_failing_migration_is_refused(pg_dsn: str, tmp_path: Path) 
         apply_migrations(engine, migrations)
     with engine.connect() as conn:  # its transaction rolled back: no half-applied file
         assert conn.execute(sa.select(sa.func.to_regclass("perfwatch.half_done"))).scalar() is None
-        assert conn.execute(sa.text("SELECT max(version) FROM perfwatch.schema_migration")).scalar() == 8
+        assert conn.execute(sa.text("SELECT max(version) FROM perfwatch.schema_migration")).scalar() == 9
     (migrations / "0099_broken.sql").unlink()
     path = migrations / "0002_catalog.sql"
     path.write_text(path.read_text() + "\n-- an afterthought\n")

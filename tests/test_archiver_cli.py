@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,7 @@ def test_status_of_a_database_without_the_archive_says_what_to_do(pg_dsn: str) -
     assert status.returncode == 0 and status.stdout.splitlines()[1].split()[:3] == ["raw", "-", "7d"], status.stdout
 
 
-@pytest.mark.parametrize("command", ["status", "rollup", "retention"])
+@pytest.mark.parametrize("command", ["status", "rollup", "retention", "report"])
 def test_a_read_only_command_where_no_archive_is_creates_nothing(tmp_path: Path, command: str) -> None:
     """It made a 46 MB PostgreSQL cluster in whatever directory the command was typed in."""
     where = tmp_path / "not-an-archive"
@@ -144,3 +145,63 @@ def test_backup_of_the_embedded_archive_restores_with_the_bundled_tools(tmp_path
                              check=True).stdout
     assert "TABLE perfwatch sample" in listing and "FUNCTION perfwatch series" in listing
     assert not EmbeddedPostgres(data / "postgres").running()  # started for the command, stopped after
+
+
+@pytest.mark.parametrize(("args", "flag", "words"), [
+    (["--from", "yesterday"], "--from", "is not a time"),
+    (["--to", "2024-13-01"], "--to", "is not a time"),
+    (["--from", "2024-03-05", "--to", "2024-03-04"], "--from", "is not before --to"),
+    (["--from", "2024-03-04", "--last", "7d"], "--last", "not both"),
+    (["--last", "a while"], "--last", "duration"),
+])
+def test_report_arguments_exit_2_naming_the_flag(args: list[str], flag: str, words: str) -> None:
+    result = run_cli("report", "--dsn", "postgresql://127.0.0.1:1/x", *args)
+    assert result.returncode == 2 and f"config error: {flag}" in result.stderr and words in result.stderr, \
+        result.stderr
+    period = run_cli("report", "--period", "fortnight")
+    assert period.returncode == 2 and "--period" in period.stderr
+
+
+def test_report_of_a_database_without_the_archive_says_what_to_do(pg_dsn: str) -> None:
+    result = run_cli("report", "--dsn", pg_dsn)
+    assert result.returncode == 1 and "migrate" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "[SQL:" not in result.stderr
+
+
+def test_report_prints_each_hosts_recommendation_with_its_evidence(pg_dsn: str, tmp_path: Path) -> None:
+    from support.archive import stored_archive
+    from test_archive_utilisation import DAY0, NOW, POLICY, host_batches
+
+    from perfwatch.archiver.rollup import run_rollups
+    from perfwatch.archiver.store import Store
+
+    engine = stored_archive(pg_dsn, POLICY)
+    store = Store(engine)
+    for batches in (host_batches("idle:9100", 0.01, lambda b: 0.1, 0.01, 1000.0),
+                    host_batches("busy:9100", 1.0, lambda b: 0.5, 0.3, 5e6)):
+        for batch in batches:
+            store.write(batch)
+    run_rollups(engine, POLICY, now=NOW)
+    engine.dispose()
+    span = ["--from", DAY0.isoformat(), "--to", "2024-03-06"]
+    text = run_cli("report", "--dsn", pg_dsn, *span)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[1].split()[:3] == ["HOST", "VERDICT", "BOTTLENECK"]
+    # over-utilised first, its evidence below it
+    assert lines[2].split()[:3] == ["node/busy:9100", "over-utilised", "cpu"]
+    assert lines[3].strip().startswith("add CPU") and "CPU p95 100.0% >= 80.0% threshold (2024-03-04)" in lines[3]
+    assert lines[4].split()[:3] == ["node/idle:9100", "under-utilised", "-"]
+    assert lines[4].split()[3:5] == ["1.0%", "10.0%"]
+    as_json = run_cli("report", "--dsn", pg_dsn, *span, "--format", "json", "--instance", "idle:9100")
+    assert as_json.returncode == 0, as_json.stderr
+    body = json.loads(as_json.stdout)
+    assert (body["period"], body["from"]) == ("day", "2024-03-04T00:00:00+00:00")
+    [idle] = body["hosts"]
+    assert (idle["instance"], idle["verdict"], idle["periods"]) == ("idle:9100", "under-utilised", 2)
+    assert idle["details"]["resources"]["cpu"]["p95"] == pytest.approx(0.01)
+    # the config's thresholds decide
+    config = write(tmp_path, "rightsizing:\n  cpu_under: 0.005\n")
+    strict = run_cli("report", "--config", config, "--dsn", pg_dsn, *span, "--format", "json", "--job", "node")
+    assert [(h["instance"], h["verdict"]) for h in json.loads(strict.stdout)["hosts"]] == [
+        ("busy:9100", "over-utilised"), ("idle:9100", "ok")]

@@ -47,8 +47,9 @@ def test_scrapes_synthetic_and_real_exporter_into_postgres_and_flushes_on_sigter
         archiver.wait_for(lambda: len(synth.served) >= 10
                           and archiver.metric("perfwatch_archiver_samples_written_total", job="synthetic") > 0
                           and archiver.metric("perfwatch_archiver_samples_written_total", job="perfwatch") > 0
-                          and archiver.metric("perfwatch_archiver_retention_runs_total", result="ok") >= 1,
-                          "10 scrapes, writes from both targets, a retention pass")
+                          and archiver.metric("perfwatch_archiver_retention_runs_total", result="ok") >= 1
+                          and archiver.metric("perfwatch_archiver_utilisation_runs_total", result="ok") >= 1,
+                          "10 scrapes, writes from both targets, a retention and a summary pass")
 
         text = archiver.metrics()
         check = promtool("check", "metrics", stdin=text)
@@ -61,6 +62,7 @@ def test_scrapes_synthetic_and_real_exporter_into_postgres_and_flushes_on_sigter
         assert archiver.metric("perfwatch_archiver_database_up") == 1
         assert archiver.metric("perfwatch_archiver_write_duration_seconds_count") > 0
         assert archiver.metric("perfwatch_archiver_rollup_runs_total", tier="5m", result="ok") >= 1
+        assert archiver.metric("perfwatch_archiver_utilisation_runs_total", result="error") == 0
         assert archiver.metric("perfwatch_archiver_tier_bytes", tier="raw") > 0
         for path in ("/", "/-/healthy", "/-/ready"):
             assert requests.get(archiver.url + path, timeout=10).status_code == 200

@@ -10,7 +10,7 @@ from support.procs import REPO
 from perfwatch.archiver.maintenance import partition_tier
 from perfwatch.archiver.policy import Policy
 from perfwatch.archiver.settings import load_settings, metrics_url
-from perfwatch.common.config import ConfigError
+from perfwatch.common.config import ConfigError, Duration
 
 
 def test_defaults_and_derived_target_values(tmp_path: Path) -> None:
@@ -97,3 +97,33 @@ def test_a_bad_receive_key_is_named(tmp_path: Path, text: str, key: str) -> None
     with pytest.raises(ConfigError) as err:
         load_settings(path)
     assert err.value.key == key, err.value
+
+
+def test_rightsizing_thresholds_default_and_come_from_the_config(tmp_path: Path) -> None:
+    assert load_settings(None).rightsizing.thresholds() == {
+        "cpu_under": 0.2, "memory_under": 0.3, "cpu_over": 0.8, "memory_over": 0.9, "disk_over": 0.8,
+        "network_over": 0.8, "min_coverage": 0.5}
+    assert load_settings(None).schedule.summary_interval == Duration(300)
+    path = tmp_path / "a.yml"
+    path.write_text("rightsizing:\n  cpu_over: 0.95\n  min_coverage: 1\nschedule:\n  summary_interval: 1m\n")
+    settings = load_settings(path)
+    assert (settings.rightsizing.cpu_over, settings.rightsizing.min_coverage) == (0.95, 1.0)
+    assert settings.rightsizing.cpu_under == 0.2
+    assert settings.schedule.summary_interval == Duration(60)
+
+
+@pytest.mark.parametrize(("text", "key", "message"), [
+    ("rightsizing:\n  cpu_over: 1.5\n", "rightsizing.cpu_over", "must be a ratio above 0 and at most 1, not 1.5"),
+    ("rightsizing:\n  disk_over: 0\n", "rightsizing.disk_over", "must be a ratio above 0 and at most 1, not 0.0"),
+    ("rightsizing:\n  network_over: high\n", "rightsizing.network_over", "must be a number, not 'high'"),
+    ("rightsizing:\n  memory_under: 0.95\n", "rightsizing.memory_under", "0.95 must be below memory_over (0.9)"),
+    ("rightsizing:\n  cpu_ovre: 0.9\n", "rightsizing.cpu_ovre", "did you mean 'cpu_over'?"),
+    ("schedule:\n  summary_interval: often\n", "schedule.summary_interval", ""),
+])
+def test_a_bad_rightsizing_key_is_named(tmp_path: Path, text: str, key: str, message: str) -> None:
+    path = tmp_path / "a.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert err.value.key == key, err.value
+    assert message in err.value.message

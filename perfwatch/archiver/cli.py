@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 import threading
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from perfwatch import __version__
 from perfwatch.archiver.scrape import LABEL_NAME_RE
-from perfwatch.archiver.settings import DEFAULT_PORT, ArchiverSettings, load_settings
-from perfwatch.common.config import ConfigError, parse_listen
+from perfwatch.archiver.settings import DEFAULT_PORT, PERIODS, ArchiverSettings, load_settings
+from perfwatch.common.config import ConfigError, parse_duration, parse_listen
 from perfwatch.common.httpmetrics import HTTPMetrics
 from perfwatch.common.httpserver import Handler, Request, Response, WebServer, metrics_handler, service_routes
 from perfwatch.common.lifecycle import add_web_arguments, serve
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from perfwatch.archiver.receive import RemoteWriteReceiver
     from perfwatch.archiver.remoteread import RemoteReader
     from perfwatch.archiver.service import Archiver
+    from perfwatch.archiver.summarise import ReportRequest
 
 log = logging.getLogger("perfwatch.archiver")
 
@@ -38,7 +40,17 @@ COMMANDS = {
     "backup": "write the archive's database to FILE (pg_dump's custom format, for pg_restore), then exit",
     "import": "write the samples of an OpenMetrics FILE with timestamps (what promtool's backfill reads) into "
               "the archive, roll them up, then exit",
+    "report": "print the right-sizing recommendations per host (under- or over-utilised, the bottleneck) with "
+              "the utilisation behind each, then exit",
 }
+REPORT_EPILOG = (
+    "Each host's figures are the highest p95 (of the first tier's bucket values, 5-minute averages by "
+    "default) among the periods overlapping the range that have rightsizing.min_coverage of their buckets; "
+    "the thresholds are the config's `rightsizing` section. TIME is RFC 3339 (2024-03-04T12:00:00Z), a date "
+    "(2024-03-04, UTC midnight) or Unix seconds. Exit status: 0 done, 1 failure (database unreachable, no "
+    "archive), 2 usage or config error."
+)
+DEFAULT_REPORT_RANGE = {"hour": "1d", "day": "7d", "week": "28d", "month": "90d"}
 IMPORT_EPILOG = (
     "FILE is OpenMetrics text with a timestamp on every sample and `# EOF` at the end, the input of "
     "`promtool tsdb create-blocks-from openmetrics`; - reads standard input. It is read as a stream and written "
@@ -95,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
                                  "labels do")
             command.add_argument("--no-rollup", action="store_true",
                                  help="do not run a rollup pass after writing (the archiver's next one does it)")
+        if name == "report":
+            command.epilog = REPORT_EPILOG
+            command.add_argument("--period", choices=PERIODS, default="day",
+                                 help="summarise by hour, day, week or month (UTC; default day)")
+            command.add_argument("--from", dest="t_from", metavar="TIME",
+                                 help="start of the range (default: --to minus --last)")
+            command.add_argument("--to", dest="t_to", metavar="TIME", help="end of the range (default: now)")
+            command.add_argument("--last", metavar="DURATION",
+                                 help="the range's length when --from is not given (default: 1d by hour, 7d by "
+                                 "day, 28d by week, 90d by month)")
+            command.add_argument("--job", help="only the hosts of this job")
+            command.add_argument("--instance", help="only this instance")
+            command.add_argument("--format", choices=("text", "json"), default="text",
+                                 help="a table (default) or JSON with the evidence of each recommendation")
     return parser
 
 
@@ -119,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "(--enable-remote-write, `receive` in the config file)")
         web_config = load_web_config(str(opt("web_config"))) if opt("web_config") else None
         import_job = _import_job(args) if command == "import" else None
+        report_request = _report_request(args) if command == "report" else None
     except ConfigError as err:
         print(f"perfwatch-archiver: config error: {err}", file=sys.stderr)
         return 2
@@ -142,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perfwatch.archiver.operate import operate
 
     return operate(command, settings, dsn, backup_file=str(opt("file")) if command == "backup" else None,
-                   import_job=import_job)
+                   import_job=import_job, report=report_request)
 
 
 def _import_job(args: argparse.Namespace) -> ImportJob:
@@ -162,6 +189,39 @@ def _import_job(args: argparse.Namespace) -> ImportJob:
             raise ConfigError("--label", f"{name} is given twice")
         labels[name] = value
     return ImportJob(args.file, labels, rollup=not args.no_rollup)
+
+
+def parse_time(text: str, flag: str) -> dt.datetime:
+    """RFC 3339, a date (UTC midnight) or Unix seconds; ConfigError names the flag otherwise."""
+    try:
+        return dt.datetime.fromtimestamp(float(text), dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ConfigError(flag, f"{text!r} is not a time: give RFC 3339 (2024-03-04T12:00:00Z), a date "
+                          "(2024-03-04) or Unix seconds") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
+def _report_request(args: argparse.Namespace) -> ReportRequest:
+    from perfwatch.archiver.summarise import ReportRequest
+
+    t_to = parse_time(args.t_to, "--to") if args.t_to else dt.datetime.now(dt.UTC)
+    if args.t_from and args.last:
+        raise ConfigError("--last", "give --from or --last, not both")
+    if args.t_from:
+        t_from = parse_time(args.t_from, "--from")
+    else:
+        try:
+            last = parse_duration(args.last or DEFAULT_REPORT_RANGE[args.period])
+        except ValueError as err:
+            raise ConfigError("--last", str(err)) from None
+        t_from = t_to - dt.timedelta(seconds=float(last))
+    if t_from >= t_to:
+        raise ConfigError("--from", f"{t_from.isoformat()} is not before --to {t_to.isoformat()}")
+    return ReportRequest(args.period, t_from, t_to, args.job, args.instance, args.format)
 
 
 def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | None = None, *,

@@ -1,4 +1,5 @@
-"""Operator commands: `migrate`, `rollup`, `retention`, `status`, `backup`, `import` — one pass, print, exit.
+"""Operator commands: `migrate`, `rollup`, `retention`, `status`, `report`, `backup`, `import` — one pass,
+print, exit.
 
 They work beside a running archiver (the SQL side serialises rollup and retention with table
 locks, sql/functions/locks.sql). Without a DSN they use the embedded server under the data dir,
@@ -29,6 +30,7 @@ from perfwatch.archiver.rollup import TierRun, run_rollups
 from perfwatch.archiver.settings import ArchiverSettings
 from perfwatch.archiver.status import TierStatus, tier_status
 from perfwatch.archiver.store import Store
+from perfwatch.archiver.summarise import ReportRequest, print_report
 from perfwatch.common.config import format_duration
 
 log = logging.getLogger("perfwatch.archiver")
@@ -36,11 +38,11 @@ log = logging.getLogger("perfwatch.archiver")
 
 # Commands that read, maintain or add to an archive: run where none is, they must not create one
 # (a 46 MB cluster in whatever directory the command was typed in). `migrate` creates it.
-NEEDS_AN_ARCHIVE = ("status", "rollup", "retention", "backup", "import")
+NEEDS_AN_ARCHIVE = ("status", "report", "rollup", "retention", "backup", "import")
 
 
 def operate(command: str, settings: ArchiverSettings, dsn: str | None, backup_file: str | None = None,
-            import_job: ImportJob | None = None) -> int:
+            import_job: ImportJob | None = None, report: ReportRequest | None = None) -> int:
     embedded = None
     stop_after = False
     source = None
@@ -74,7 +76,7 @@ def operate(command: str, settings: ArchiverSettings, dsn: str | None, backup_fi
                 embedded.stop()
     engine = make_engine(dsn)
     try:
-        return _run(command, settings, engine, import_job, source)
+        return _run(command, settings, engine, import_job, source, report)
     except DatabaseUnavailable as err:
         print(f"perfwatch-archiver: {command}: database unreachable: {err}", file=sys.stderr)
         return 1
@@ -98,10 +100,13 @@ def operate(command: str, settings: ArchiverSettings, dsn: str | None, backup_fi
 
 
 def _run(command: str, settings: ArchiverSettings, engine: sa.Engine, import_job: ImportJob | None = None,
-         source: IO[bytes] | None = None) -> int:
+         source: IO[bytes] | None = None, report: ReportRequest | None = None) -> int:
     policy = settings.policy
     if command == "status":
         print_status(tier_status(engine, policy))
+        return 0
+    if command == "report" and report is not None:  # reads only, like status
+        print_report(engine, settings.rightsizing, report)
         return 0
     applied = apply_migrations(engine)
     mirror_policy(engine, policy)

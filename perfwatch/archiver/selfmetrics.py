@@ -70,6 +70,10 @@ class ArchiverMetrics:
                                    ["tier", "result"], registry=r)
         self.retention_runs = Counter(PREFIX + "retention_runs_total", "Retention passes by result (ok, error).",
                                       ["result"], registry=r)
+        self.utilisation_runs = Counter(PREFIX + "utilisation_runs_total",
+                                    "Utilisation summary passes by result (ok, error).", ["result"], registry=r)
+        for result in ("ok", "error"):
+            self.utilisation_runs.labels(result)
         self.partitions_dropped = Counter(PREFIX + "partitions_dropped_total",
                                           "Partitions dropped by retention, per tier (raw or a resolution).",
                                           ["tier"], registry=r)

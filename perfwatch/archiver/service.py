@@ -43,6 +43,7 @@ from perfwatch.archiver.scrape import REASONS, ScrapeError, Target, TargetScrape
 from perfwatch.archiver.selfmetrics import ArchiverMetrics
 from perfwatch.archiver.settings import ArchiverSettings, ScheduleSettings
 from perfwatch.archiver.spool import Spool
+from perfwatch.archiver.summarise import summary_pass
 from perfwatch.archiver.workers import WORKER, ScrapePool
 from perfwatch.archiver.writer import Writer
 
@@ -135,8 +136,8 @@ class Archiver:
             self.metrics.scrape_workers = lambda: (len(pool.pids()), pool.restarts)
             log.info("scraping and parsing in %d worker processes", self.settings.scrape.workers)
 
-        # Enough threads for every target and both maintenance jobs; targets added by a reload share them.
-        workers = max(8, len(self.scrapers) + 2)
+        # Enough threads for every target and the three maintenance jobs; targets added by a reload share them.
+        workers = max(8, len(self.scrapers) + 3)
         self.scheduler = BackgroundScheduler(executors={"default": ThreadPoolExecutor(workers)}, timezone="UTC",
                                              job_defaults={"coalesce": True, "max_instances": 1})
         _quiet_apscheduler()
@@ -167,10 +168,18 @@ class Archiver:
     def _schedule_maintenance(self, schedule: ScheduleSettings) -> None:
         assert self.scheduler is not None and self.maintenance is not None
         for job, interval in ((self.maintenance.rollup_pass, schedule.rollup_interval),
-                              (self.maintenance.retention_pass, schedule.retention_interval)):
+                              (self.maintenance.retention_pass, schedule.retention_interval),
+                              (self.summary_pass, schedule.summary_interval)):
             name = job.__name__.removesuffix("_pass")
             self.scheduler.add_job(job, IntervalTrigger(seconds=interval), id=name, replace_existing=True,
                                    next_run_time=dt.datetime.now(dt.UTC), misfire_grace_time=max(1, int(interval)))
+
+    def summary_pass(self) -> bool:
+        """Utilisation summaries of the periods the rollups closed (thresholds as the config says now)."""
+        assert self.db is not None
+        ok = summary_pass(self.db, self.settings.rightsizing)
+        self.metrics.utilisation_runs.labels("ok" if ok else "error").inc()
+        return ok
 
     def _announce(self, t: Target) -> None:
         """The target's series in the archiver's metrics from the start, at 0 (rates need a first point)."""

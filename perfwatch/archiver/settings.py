@@ -14,7 +14,7 @@ from perfwatch.archiver.policy import Policy
 from perfwatch.archiver.scrape import LABEL_NAME_RE, ScrapeLimits, Target, default_instance
 from perfwatch.archiver.scrapeauth import AuthorizationConfig, BasicAuthConfig, TLSClientConfig, validate_client_auth
 from perfwatch.archiver.spool import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BYTES
-from perfwatch.common.config import ConfigError, Duration, Size, from_mapping, load_yaml, parse_listen
+from perfwatch.common.config import ConfigError, Duration, Size, from_mapping, join_key, load_yaml, parse_listen
 from perfwatch.common.httpserver import MAX_CONNECTIONS, check_max_connections
 
 DEFAULT_PORT = 10281  # the exporter's 10280 + 1
@@ -37,6 +37,7 @@ MAX_WORKERS = 64  # scrape worker processes; more is a typo (each takes ~35 MB o
 # file_sd_configs section valid for both.
 FILE_SD_PATTERN = re.compile(r"^[^*]*(\*[^/]*)?\.(json|yml|yaml|JSON|YML|YAML)$")
 DEFAULT_REFRESH = Duration(300)  # Prometheus' refresh_interval of file_sd_configs
+PERIODS = ("hour", "day", "week", "month")  # of the utilisation summaries (UTC)
 
 
 @dataclasses.dataclass
@@ -235,6 +236,46 @@ class ScheduleSettings:
         "help": "How often to pack closed hours and windows (compaction) and roll raw samples up into the tiers."})
     retention_interval: Duration = dataclasses.field(default=Duration(3600), metadata={
         "help": "How often to create partitions ahead and drop expired ones."})
+    summary_interval: Duration = dataclasses.field(default=Duration(300), metadata={
+        "help": "How often to store the utilisation summaries of the periods the first tier has closed "
+                "(and to mirror the rightsizing thresholds)."})
+
+
+@dataclasses.dataclass
+class RightsizingSettings:
+    """Thresholds of the right-sizing recommendations, ratios 0-1 compared with a period's p95 of the
+    first tier's bucket values (`perfwatch-archiver report`, the capacity dashboard)."""
+
+    cpu_under: float = dataclasses.field(default=0.2, metadata={
+        "help": "Under-utilised when CPU p95 stays below this (and memory p95 below memory_under)."})
+    memory_under: float = dataclasses.field(default=0.3, metadata={
+        "help": "Under-utilised when memory p95 stays below this (and CPU p95 below cpu_under)."})
+    cpu_over: float = dataclasses.field(default=0.8, metadata={
+        "help": "Over-utilised, CPU the bottleneck, when CPU p95 reaches this."})
+    memory_over: float = dataclasses.field(default=0.9, metadata={
+        "help": "Over-utilised, memory the bottleneck, when memory p95 reaches this."})
+    disk_over: float = dataclasses.field(default=0.8, metadata={
+        "help": "Over-utilised, disk I/O the bottleneck, when the busiest disk's p95 busy share reaches this."})
+    network_over: float = dataclasses.field(default=0.8, metadata={
+        "help": "Over-utilised, network the bottleneck, when the busiest interface's p95 share of its speed "
+                "reaches this (only interfaces with node_network_speed_bytes)."})
+    min_coverage: float = dataclasses.field(default=0.5, metadata={
+        "help": "A period counts only when at least this share of its buckets has data."})
+
+    def validate(self, key: str) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not 0 < value <= 1:
+                raise ConfigError(join_key(key, f.name), f"must be a ratio above 0 and at most 1, not {value!r}")
+        for resource in ("cpu", "memory"):
+            under, over = getattr(self, f"{resource}_under"), getattr(self, f"{resource}_over")
+            if under >= over:
+                raise ConfigError(join_key(key, f"{resource}_under"),
+                                  f"{under:g} must be below {resource}_over ({over:g})")
+
+    def thresholds(self) -> dict[str, float]:
+        """As mirrored into perfwatch.rightsizing_threshold."""
+        return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 @dataclasses.dataclass
@@ -270,6 +311,7 @@ class ArchiverSettings:
     scrape: ScrapeSettings = dataclasses.field(default_factory=ScrapeSettings)
     receive: ReceiveSettings = dataclasses.field(default_factory=ReceiveSettings)
     schedule: ScheduleSettings = dataclasses.field(default_factory=ScheduleSettings)
+    rightsizing: RightsizingSettings = dataclasses.field(default_factory=RightsizingSettings)
 
     def validate(self, key: str) -> None:
         validate_limits(key, self)
