@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
+from support.alertmanager import amtool
 
 import perfwatch
+from perfwatch.archiver.alerthistory import WEBHOOK_PATH
 from perfwatch.exporter.settings import load_settings as load_exporter_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +32,7 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 DATASOURCES = yaml.safe_load((REPO / "provisioning/grafana/datasources/perfwatch.yaml").read_text())
 PROVIDERS = yaml.safe_load((REPO / "provisioning/grafana/dashboards/perfwatch.yaml").read_text())
 PROMETHEUS = yaml.safe_load((REPO / "provisioning/prometheus/prometheus.yml").read_text())
+ALERTMANAGER_YML = REPO / "provisioning/alertmanager/alertmanager.yml"
 FILE_REF = re.compile(r"\$__file\{([^}]*)\}")
 ENV_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
@@ -67,7 +70,7 @@ def secret_path(name: str) -> str:
 
 
 def test_compose_has_the_whole_stack() -> None:
-    assert set(SERVICES) == {"postgres", "exporter", "archiver", "prometheus", "grafana"}
+    assert set(SERVICES) == {"postgres", "exporter", "archiver", "prometheus", "alertmanager", "grafana"}
 
 
 def test_docker_compose_accepts_the_file() -> None:
@@ -93,7 +96,7 @@ def test_every_repository_file_compose_mounts_exists() -> None:
                 mounted.add(source)
     assert mounted == {"./provisioning/postgres/10-perfwatch-roles.sh", "./provisioning/perfwatch/exporter.yml",
                        "./provisioning/perfwatch/archiver.yml", "./provisioning/prometheus", "./grafana/grafana.ini",
-                       "./provisioning/grafana", "./grafana/dashboards"}
+                       "./provisioning/grafana", "./grafana/dashboards", "./provisioning/alertmanager"}
     assert (REPO / SERVICES["exporter"]["build"] / "Dockerfile").is_file()
 
 
@@ -132,7 +135,7 @@ def test_every_service_has_a_healthcheck(name: str) -> None:
     assert check["test"][0] == "CMD", "exec form: no shell needed in the image"
     command = " ".join(check["test"][1:])
     expected = {"postgres": "pg_isready", "exporter": "/-/ready", "archiver": "/-/ready",
-                "prometheus": "/-/ready", "grafana": "/api/health"}[name]
+                "prometheus": "/-/ready", "alertmanager": "/-/ready", "grafana": "/api/health"}[name]
     assert expected in command
     assert {"interval", "timeout", "retries", "start_period"} <= set(check)
 
@@ -146,7 +149,9 @@ def test_dependencies_wait_until_healthy() -> None:
             edges += 1
     assert SERVICES["archiver"]["depends_on"].keys() == {"postgres", "exporter"}
     assert SERVICES["grafana"]["depends_on"].keys() == {"prometheus", "postgres"}
-    assert edges == 6
+    assert SERVICES["prometheus"]["depends_on"].keys() == {"exporter", "archiver", "alertmanager"}
+    assert SERVICES["alertmanager"]["depends_on"].keys() == {"archiver"}
+    assert edges == 8
 
 
 def test_only_grafana_is_published_and_on_loopback_by_default() -> None:
@@ -372,8 +377,45 @@ def test_prometheus_writes_to_and_reads_from_the_archiver_which_scrapes_nothing_
     base = f"http://archiver{archiver_cfg['listen']}"
     assert [w["url"] for w in PROMETHEUS["remote_write"]] == [f"{base}/api/v1/write"]
     assert [(r["url"], r["read_recent"]) for r in PROMETHEUS["remote_read"]] == [(f"{base}/api/v1/read", False)]
-    assert archiver_cfg["receive"] == {"remote_write": True, "remote_read": True}
+    assert archiver_cfg["receive"] == {"remote_write": True, "remote_read": True, "alertmanager_webhook": True}
     assert "targets" not in archiver_cfg and "file_sd_configs" not in archiver_cfg
+
+
+def test_amtool_accepts_the_alertmanager_config() -> None:
+    result = amtool("check-config", str(ALERTMANAGER_YML))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout and " - 1 receivers" in result.stdout, result.stdout
+
+
+def test_every_alert_reaches_the_archivers_webhook_resolutions_included() -> None:
+    """amtool walks the routing tree for the labels of every alerting rule (and of an alert no rule
+    has): each one ends at the receiver whose only webhook is the archiver's, which compose opens."""
+    archiver_cfg = yaml.safe_load((REPO / "provisioning/perfwatch/archiver.yml").read_text())
+    assert archiver_cfg["receive"]["alertmanager_webhook"] is True
+    url = f"http://archiver{archiver_cfg['listen']}{WEBHOOK_PATH}"
+    config = yaml.safe_load(ALERTMANAGER_YML.read_text())
+    (receiver,) = config["receivers"]
+    assert receiver["webhook_configs"] == [{"url": url, "send_resolved": True}]
+    rules = [rule for group in yaml.safe_load((REPO / "provisioning/prometheus/rules/alerts.yml").read_text())["groups"]
+             for rule in group["rules"] if "alert" in rule]
+    assert len(rules) >= 20
+    label_sets = [[f"alertname={r['alert']}", f"severity={r['labels']['severity']}", "instance=exporter:10280"]
+                  for r in rules] + [["alertname=SomethingElse"]]
+    for labels in label_sets:
+        result = amtool("config", "routes", "test", f"--config.file={ALERTMANAGER_YML}", *labels)
+        assert result.returncode == 0 and result.stdout.strip() == receiver["name"], (labels, result.stdout)
+
+
+def test_prometheus_sends_alerts_to_the_compose_alertmanager() -> None:
+    alertmanager = SERVICES["alertmanager"]
+    assert PROMETHEUS["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": ["alertmanager:9093"]}]}]}
+    assert "http://127.0.0.1:9093/-/ready" in alertmanager["healthcheck"]["test"]  # 9093: its default port
+    target = mount_target("alertmanager", "./provisioning/alertmanager")
+    assert f"--config.file={target}/{ALERTMANAGER_YML.name}" in alertmanager["command"]
+    storage = [v.split(":")[1] for v in alertmanager["volumes"] if v.startswith("alertmanager-data:")]
+    assert [f"--storage.path={s}" for s in storage] == [c for c in alertmanager["command"]
+                                                        if c.startswith("--storage.path=")]
+    assert "--cluster.listen-address=" in alertmanager["command"]  # alone: no gossip port
 
 
 def test_archiver_config_compose_mounts_is_valid() -> None:

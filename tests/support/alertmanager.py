@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,14 @@ import yaml
 from support.procs import Service, free_port
 
 EXE = "prometheus-alertmanager"
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    """Alertmanager's own checker (Debian's package ships it with the daemon)."""
+    exe = shutil.which("amtool")
+    if exe is None:
+        raise RuntimeError("amtool not found: install Debian's prometheus-alertmanager package (scripts/test does)")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
 
 
 class Alertmanager:
