@@ -34,8 +34,7 @@ CREATE OR REPLACE FUNCTION perfwatch.forecast_full(size_metric text, avail_metri
     LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
 DECLARE
     ids integer[];
-    seg record;
-    parts text[] := '{}';
+    source text;
 BEGIN
     IF size_metric IS NULL OR avail_metric IS NULL THEN
         RAISE EXCEPTION 'size_metric and avail_metric must name metrics, not %, %', size_metric, avail_metric;
@@ -55,11 +54,8 @@ BEGIN
     IF ids IS NULL THEN
         RETURN;
     END IF;
-    FOR seg IN SELECT * FROM perfwatch.plan_tiers(t_from, t_to, step) LOOP
-        parts := parts || CASE WHEN seg.level = 0 THEN perfwatch.raw_buckets_sql(seg.lo, seg.hi, '$1')
-                               ELSE perfwatch.tier_buckets_sql(seg.tier, seg.lo, seg.hi, '$1') END;
-    END LOOP;
-    IF cardinality(parts) = 0 THEN
+    source := perfwatch.planned_buckets_sql(t_from, t_to, step, '$1');
+    IF source IS NULL THEN
         RETURN;
     END IF;
     -- x: seconds from t_to, so that the intercept is the line at t_to and the sums stay small. The two
@@ -89,7 +85,7 @@ BEGIN
                CASE WHEN d.secs < 1e12 THEN $2 + make_interval(secs => d.secs) END, d.r2, d.n
         FROM days d
         ORDER BY d.secs NULLS LAST, d.labels
-        $q$, perfwatch.merge_buckets_sql(array_to_string(parts, ' UNION ALL '), step, false))
+        $q$, perfwatch.merge_buckets_sql(source, step, false))
         USING ids, t_to, size_metric, avail_metric;
 END
 $$;

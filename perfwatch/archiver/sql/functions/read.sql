@@ -122,6 +122,25 @@ BEGIN
 END
 $$;
 
+-- The bucket rows (raw_buckets_sql's and tier_buckets_sql's shape) of the series p_series (an SQL
+-- expression for an integer[], e.g. '$1') over [t_from, t_to), each part from the level plan_tiers
+-- picks for step; NULL when no level holds any of the range.
+CREATE OR REPLACE FUNCTION perfwatch.planned_buckets_sql(t_from timestamptz, t_to timestamptz, step interval,
+                                                         p_series text)
+    RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    seg record;
+    parts text[] := '{}';
+BEGIN
+    FOR seg IN SELECT * FROM perfwatch.plan_tiers(t_from, t_to, step) LOOP
+        parts := parts || CASE WHEN seg.level = 0 THEN perfwatch.raw_buckets_sql(seg.lo, seg.hi, p_series)
+                               ELSE perfwatch.tier_buckets_sql(seg.tier, seg.lo, seg.hi, p_series) END;
+    END LOOP;
+    RETURN CASE WHEN cardinality(parts) > 0 THEN array_to_string(parts, ' UNION ALL ') END;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION perfwatch.series(metric text, matchers jsonb, t_from timestamptz, t_to timestamptz, step interval)
     RETURNS TABLE ("time" timestamptz, series_id integer, labels jsonb, avg double precision, min double precision,
                    max double precision, last double precision, samples bigint, increase double precision,
@@ -130,8 +149,7 @@ CREATE OR REPLACE FUNCTION perfwatch.series(metric text, matchers jsonb, t_from 
 DECLARE
     m perfwatch.metric;
     ids integer[];
-    seg record;
-    parts text[] := '{}';
+    source text;
 BEGIN
     SELECT * INTO m FROM perfwatch.metric WHERE name = series.metric;
     IF NOT FOUND THEN
@@ -149,14 +167,8 @@ BEGIN
     IF ids IS NULL THEN
         RETURN;
     END IF;
-    FOR seg IN SELECT * FROM perfwatch.plan_tiers(t_from, t_to, step) LOOP
-        IF seg.level = 0 THEN
-            parts := parts || perfwatch.raw_buckets_sql(seg.lo, seg.hi, '$3');
-        ELSE
-            parts := parts || perfwatch.tier_buckets_sql(seg.tier, seg.lo, seg.hi, '$3');
-        END IF;
-    END LOOP;
-    IF cardinality(parts) = 0 THEN
+    source := perfwatch.planned_buckets_sql(t_from, t_to, step, '$3');
+    IF source IS NULL THEN
         RETURN;
     END IF;
     -- Every pair of consecutive samples inside the range counts (p_pairs_across), in the step of
@@ -167,7 +179,7 @@ BEGIN
                CASE WHEN $1 THEN g.resets::bigint END
         FROM (%s) g JOIN perfwatch.series s ON s.id = g.series_id
         ORDER BY g.bucket, g.series_id
-        $q$, perfwatch.merge_buckets_sql(array_to_string(parts, ' UNION ALL '), step, true))
+        $q$, perfwatch.merge_buckets_sql(source, step, true))
         USING m.kind <> 'gauge', extract(epoch FROM step)::double precision, ids;
 END
 $$;
@@ -350,6 +362,7 @@ GRANT EXECUTE ON FUNCTION
     perfwatch.labels_match(jsonb, jsonb),
     perfwatch.tier_coverage(),
     perfwatch.plan_tiers(timestamptz, timestamptz, interval),
+    perfwatch.planned_buckets_sql(timestamptz, timestamptz, interval, text),
     perfwatch.series(text, jsonb, timestamptz, timestamptz, interval),
     perfwatch.panel(text, jsonb, timestamptz, timestamptz, interval, text, text),
     perfwatch.tier_status(timestamptz),
