@@ -2,10 +2,12 @@
 
 No Grafana server can run here, so this is how the dashboards are proven: a real PostgreSQL set up
 by compose's init script (provisioning/postgres/) with passwords from secrets/generate, the real
-exporter, the real archiver writing the archive as perfwatch_writer, and a real Prometheus loading
-provisioning/prometheus/ (rules included) and scraping them. Each panel's query is expanded as
-Grafana 11/12 expands it (tests/support/grafana.py: variables, $__rate_interval, the PostgreSQL
-macros) and must return data; SQL runs as perfwatch_grafana, the read-only role Grafana logs in as.
+exporter, the real archiver writing the archive as perfwatch_writer, a real Prometheus loading
+provisioning/prometheus/ (rules included) and scraping them, and a real Alertmanager loading
+provisioning/alertmanager/ between Prometheus and the archiver's webhook (the alert history).
+Each panel's query is expanded as Grafana 11/12 expands it (tests/support/grafana.py: variables,
+$__rate_interval, the PostgreSQL macros) and must return data; SQL runs as perfwatch_grafana, the
+read-only role Grafana logs in as.
 
 Hardware this VM lacks (a PMU, hwmon sensors, cpufreq) comes from one more target: the real perf,
 hwmon and cpufreq collectors over a fake perf_event_open (test_perf_collector.FakeKernel) and a fake
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib
 import math
 import os
 import re
@@ -25,12 +28,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 import requests
 import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
+from support.alertmanager import Alertmanager
 from support.exposition import names
 from support.grafana import (
     ALL,
@@ -150,6 +156,7 @@ class Stack:
     real_names: set[str]  # what the real exporter and archiver expose
     hardware_names: set[str]
     started: dt.datetime
+    alertmanager: Alertmanager
 
     def grafana_dsn(self) -> str:
         archive = next(d for d in yaml.safe_load((REPO / "provisioning/grafana/datasources/perfwatch.yaml")
@@ -159,6 +166,16 @@ class Stack:
 
     def superuser_dsn(self) -> str:
         return self.postgres.dsn("perfwatch")
+
+    def writer_dsn(self) -> str:
+        return writer_dsn(self.secrets, self.postgres.port)
+
+
+def writer_dsn(secrets: Path, port: int) -> str:
+    """The archiver's DSN as secrets/generate wrote it, compose's host name replaced by this stack's."""
+    dsn = conninfo_to_dict((secrets / "archiver_dsn").read_text())
+    dsn.update(host="127.0.0.1", port=str(port))
+    return make_conninfo("", **dsn)
 
 
 def run_init_script(postgres: EmbeddedPostgres, secrets: Path) -> subprocess.CompletedProcess[str]:
@@ -177,7 +194,8 @@ def archiver_config(stack_dir: Path, exporter: str, port: int, dsn_file: Path, d
     config = yaml.safe_load((REPO / "provisioning/perfwatch/archiver.yml").read_text())
     config.update(listen=f"127.0.0.1:{port}", data_dir=str(stack_dir / "archiver"), scrape_interval=SCRAPE,
                   log_level="info")
-    config.pop("receive")
+    # Only the alert webhook stays open: Alertmanager posts to it as in compose.
+    config["receive"] = {"alertmanager_webhook": config["receive"]["alertmanager_webhook"]}
     job = "perfwatch"  # the job Prometheus scrapes the exporter as
     config["targets"] = [{"url": f"http://{exporter}/metrics", "job": job},
                          {"url": f"http://{dead}/metrics", "job": job}]  # nothing listens: a target down
@@ -190,9 +208,24 @@ def archiver_config(stack_dir: Path, exporter: str, port: int, dsn_file: Path, d
     return path
 
 
-def prometheus_config(exporter: str, hardware: str, archiver: str, prometheus_port: int) -> dict[str, Any]:
-    """compose's prometheus.yml with the rules as they are, scraping this stack every second."""
+def alertmanager_config(archiver: str) -> dict[str, Any]:
+    """compose's alertmanager.yml posting to this stack's archiver, with 1 s groupings (compose's
+    are seconds too, but longer than a test should wait)."""
+    config: dict[str, Any] = yaml.safe_load((REPO / "provisioning/alertmanager/alertmanager.yml").read_text())
+    config["route"].update(group_wait="1s", group_interval="1s")
+    for receiver in config["receivers"]:
+        for webhook in receiver.get("webhook_configs", []):
+            webhook["url"] = urlsplit(webhook["url"])._replace(netloc=archiver).geturl()
+    return config
+
+
+def prometheus_config(exporter: str, hardware: str, archiver: str, prometheus_port: int,
+                      alertmanager: str) -> dict[str, Any]:
+    """compose's prometheus.yml with the rules as they are, scraping this stack every second and
+    alerting to its Alertmanager."""
     config = yaml.safe_load((REPO / "provisioning/prometheus/prometheus.yml").read_text())
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    alertmanagers["static_configs"] = [{"targets": [alertmanager]}]
     config["global"].update(scrape_interval=SCRAPE, evaluation_interval=SCRAPE, scrape_timeout=SCRAPE)
     config["rule_files"] = [str(REPO / "provisioning/prometheus" / f) for f in config["rule_files"]]
     for door in ("remote_write", "remote_read"):  # the archiver scrapes for itself here (archiver_config)
@@ -217,11 +250,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         init = run_init_script(postgres, secrets)
         assert init.returncode == 0, init.stderr
-        # The archiver's DSN as secrets/generate wrote it, with compose's host name replaced.
-        dsn = conninfo_to_dict((secrets / "archiver_dsn").read_text())
-        dsn.update(host="127.0.0.1", port=str(postgres.port))
         dsn_file = root / "archiver_dsn"
-        dsn_file.write_text(make_conninfo("", **dsn))
+        dsn_file.write_text(writer_dsn(secrets, postgres.port))
 
         exporter_port = free_port()
         exporter = Service(python_module("perfwatch.exporter", "--listen", f"127.0.0.1:{exporter_port}"),
@@ -235,17 +265,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                            ready_url=f"http://127.0.0.1:{archiver_port}/-/ready", ready_timeout=90)
         services.append(archiver.start())
 
+        alertmanager = Alertmanager(root / "alertmanager", alertmanager_config(f"127.0.0.1:{archiver_port}"))
         prometheus_port = free_port()
         (root / "prometheus").mkdir()
         prom = Prometheus(root / "prometheus", prometheus_config(f"127.0.0.1:{exporter_port}", hardware.address,
-                                                                 f"127.0.0.1:{archiver_port}", prometheus_port),
+                                                                 f"127.0.0.1:{archiver_port}", prometheus_port,
+                                                                 f"127.0.0.1:{alertmanager.port}"),
                           port=prometheus_port)
-        with prom:
+        with alertmanager, prom:
             real = names(requests.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=30).text)
             stack = Stack(prom, f"127.0.0.1:{exporter_port}", hardware.address, f"127.0.0.1:{archiver_port}",
                           postgres, secrets, real, names(requests.get(f"http://{hardware.address}/metrics",
                                                                       timeout=30).text),
-                          dt.datetime.now(dt.UTC))
+                          dt.datetime.now(dt.UTC), alertmanager)
             # Data everywhere: recorded rules for both hosts, the archiver's per-tier metrics, and both
             # rollup tiers of the archive past their first buckets.
             prom.wait_for(f'instance:perfwatch_cpu_utilisation:rate5m{{instance="{stack.exporter}"}}', 90)
@@ -262,6 +294,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             tiers_there = time.time()
             prom.wait_for(f'timestamp(up{{job="perfwatch-archiver"}}) > {tiers_there + 1:.3f}')
             stack.real_names |= names(requests.get(f"http://127.0.0.1:{archiver_port}/metrics", timeout=30).text)
+            record_alerts(stack)
+            seed_history(stack)
             yield stack
     finally:
         for service in reversed(services):
@@ -270,6 +304,45 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if hardware is not None:
             hardware.stop()
         postgres.stop()
+
+
+# Two alerts through Alertmanager's API, as Prometheus sends them: one that fires and resolves, one
+# still firing. Whole seconds, so that the archive's times can be compared exactly.
+RESOLVED_ALERT = "StackAlertResolved"
+FIRING_ALERT = "StackAlertFiring"
+RESOLVED_AFTER = 12  # seconds from starting to firing to the resolution
+
+
+def record_alerts(stack: Stack) -> None:
+    """The stack's Alertmanager holds both alerts and has posted them to the archiver's webhook: the
+    archive has both, the resolved one with its ends_at (Prometheus' own alerts stay pending here)."""
+    starts = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=RESOLVED_AFTER + 8)
+    ends = starts + dt.timedelta(seconds=RESOLVED_AFTER)
+
+    def alert(name: str, severity: str, **times: dt.datetime) -> dict[str, Any]:
+        return {"labels": {"alertname": name, "job": "perfwatch", "instance": stack.exporter, "severity": severity},
+                "annotations": {"summary": f"{name} on {stack.exporter}"},
+                **{k: v.isoformat() for k, v in times.items()}}
+
+    stack.alertmanager.post_alerts([alert(RESOLVED_ALERT, "warning", startsAt=starts),
+                                    # An endsAt a day on: Alertmanager would resolve it 5 minutes on by itself.
+                                    alert(FIRING_ALERT, "critical", startsAt=starts + dt.timedelta(seconds=2),
+                                          endsAt=starts + dt.timedelta(days=1))])
+    query = "SELECT alertname, starts_at, ends_at FROM perfwatch.alert_occurrence WHERE alertname = %s"
+    with psycopg.connect(stack.superuser_dsn(), autocommit=True) as conn:
+        wait_until(lambda: all(conn.execute(query, [name]).fetchall() for name in (FIRING_ALERT, RESOLVED_ALERT)),
+                   "both alerts archived", 60, interval=0.5)
+        stack.alertmanager.post_alerts([alert(RESOLVED_ALERT, "warning", startsAt=starts, endsAt=ends)])
+        wait_until(lambda: conn.execute(query, [RESOLVED_ALERT]).fetchall() == [(RESOLVED_ALERT, starts, ends)],
+                   "the resolution archived", 60, interval=0.5)
+
+
+def seed_history(stack: Stack) -> None:
+    """What seconds of scraping cannot show (a host whose kernel changed, weeks of baseline, a disk
+    filling up): each tests/support/stack_seed_*.py writes it into the archive with its `seed(stack)`."""
+    for path in sorted((REPO / "tests/support").glob("stack_seed_*.py")):
+        module = importlib.import_module(f"support.{path.stem}")
+        module.seed(stack)
 
 
 # -- running the queries ------------------------------------------------------------------------------
@@ -354,8 +427,15 @@ def sql_variables(conn: psycopg.Connection[Any], dashboard: dict[str, Any],
     instances = [row[0] for row in conn.execute(expand_sql(specs["instance"]["query"], {"job": job}, time_range,
                                                            min_interval=SCRAPE))]
     # The compare panels look `offset` back; the stack's history is seconds long.
-    return {"job": job, "instance": Variable.from_dashboard(specs["instance"], [ALL], instances),
-            "offset": Variable("offset", selected=["5 seconds"])}
+    variables = {"job": job, "instance": Variable.from_dashboard(specs["instance"], [ALL], instances),
+                 "offset": Variable("offset", selected=["5 seconds"])}
+    # The detail variables (alertname, severity): All, as a dashboard opens, of what they offer.
+    for name, spec in specs.items():
+        if name not in variables and spec["type"] == "query":
+            offered = [row[0] for row in conn.execute(expand_sql(spec["query"], variables, time_range,
+                                                                 min_interval=SCRAPE))]
+            variables[name] = Variable.from_dashboard(spec, [ALL], offered)
+    return variables
 
 
 def run_sql(conn: psycopg.Connection[Any], target: dict[str, Any], variables: dict[str, Variable],
@@ -519,3 +599,51 @@ def test_alerts_see_the_stack_as_it_is(stack: Stack) -> None:
     for name in ("PerfwatchExporterDown", "PerfwatchArchiverDown", "PerfwatchArchiveDatabaseDown",
                  "PerfwatchCollectorFailing", "PerfwatchPerfCountersUnavailable"):
         assert not any(n == name for n, _ in active), (name, active)
+
+
+def test_prometheus_alerts_to_the_alertmanager_which_archives_every_alert(stack: Stack) -> None:
+    """compose's wiring: Prometheus knows the Alertmanager, which posted both alerts to the archiver,
+    firing and resolved, with Alertmanager's own times (record_alerts)."""
+    found = requests.get(f"{stack.prometheus.url}/api/v1/alertmanagers", timeout=30).json()["data"]
+    assert [a["url"] for a in found["activeAlertmanagers"]] == [f"{stack.alertmanager.url}/api/v2/alerts"]
+    held = {a["labels"]["alertname"]: a["status"]["state"] for a in stack.alertmanager.alerts()}
+    assert held[FIRING_ALERT] == "active" and RESOLVED_ALERT not in held  # the API lists no resolved alert
+    # Only these two: the dead target's alert may fire and be archived too on a slow run.
+    ours = Jsonb({"alertname": [FIRING_ALERT, RESOLVED_ALERT]})
+    with psycopg.connect(stack.grafana_dsn()) as conn:
+        rows = conn.execute("SELECT alertname, severity, instance, ends_at - starts_at, firing, receiver "
+                            "FROM perfwatch.alert_history(now() - interval '1 hour', now(), %s) ORDER BY alertname",
+                            [ours]).fetchall()
+        resolve = conn.execute("SELECT alertname, instance, resolved, mean_seconds, p90_seconds "
+                               "FROM perfwatch.alert_resolve_times(now() - interval '1 hour', now(), %s)",
+                               [ours]).fetchall()
+    assert rows == [(FIRING_ALERT, "critical", stack.exporter, None, True, "archive"),
+                    (RESOLVED_ALERT, "warning", stack.exporter, dt.timedelta(seconds=RESOLVED_AFTER), False, "archive")]
+    assert resolve == [(RESOLVED_ALERT, stack.exporter, 1, RESOLVED_AFTER, RESOLVED_AFTER)]
+
+
+def test_alert_history_panels_count_exactly_the_alerts_sent(stack: Stack) -> None:
+    """The dashboard as it opens (job perfwatch, the rest All) shows record_alerts' two alerts: one
+    firing, both started, one resolved after RESOLVED_AFTER seconds, on the exporter's instance."""
+    dashboard = load_dashboard(REPO / "grafana/dashboards/alerts.json")
+    shown = {p["title"]: p for p in panels(dashboard)}
+    time_range = TimeRange(stack.started - dt.timedelta(minutes=2), dt.datetime.now(dt.UTC).replace(microsecond=0))
+    expected: dict[str, list[tuple[Any, ...]]] = {
+        "Firing now": [(1,)], "Started in range": [(2,)], "Resolved in range": [(1,)],
+        "Mean time to resolve": [(RESOLVED_AFTER,)],
+        "Time to resolve per alert and host": [(RESOLVED_ALERT, stack.exporter, 1, RESOLVED_AFTER, RESOLVED_AFTER,
+                                                RESOLVED_AFTER)],
+        "Occurrences by severity": [("critical", 1), ("warning", 1)],
+    }
+    with psycopg.connect(stack.grafana_dsn()) as conn:
+        variables = sql_variables(conn, dashboard, time_range)
+        assert variables["alertname"].options == [FIRING_ALERT, RESOLVED_ALERT]
+        for title, rows in expected.items():
+            (target,) = shown[title]["targets"]
+            assert run_sql(conn, target, variables, time_range, 1000)[1] == rows, title
+        history = run_sql(conn, shown["Alert history"]["targets"][0], variables, time_range, 1000)
+    columns, rows = history
+    got = [(row[columns.index("alert")], row[columns.index("state")], row[columns.index("duration")])
+           for row in rows]  # latest start first
+    assert [g[:2] for g in got] == [(FIRING_ALERT, "firing"), (RESOLVED_ALERT, "resolved")]
+    assert got[1][2] == RESOLVED_AFTER and got[0][2] > 0

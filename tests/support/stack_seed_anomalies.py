@@ -20,7 +20,6 @@ import json
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from perfwatch.archiver import db
 from perfwatch.archiver.model import Batch, MetricMeta, Sample
@@ -35,12 +34,6 @@ SCORED = ("node_load1", "node_memory_MemAvailable_bytes", "node_context_switches
 FILLING = {"device": "/dev/seed0", "fstype": "ext4", "mountpoint": "/srv/seed-filling"}
 SIZE, FILL_PER_S = 100 * 2**30, 2**20
 BASELINE_DAYS = 8
-
-
-def writer_dsn(stack: Any) -> str:
-    dsn = conninfo_to_dict((stack.secrets / "archiver_dsn").read_text())
-    dsn.update(host="127.0.0.1", port=str(stack.postgres.port))
-    return make_conninfo("", **dsn)
 
 
 def seed(stack: Any) -> None:
@@ -90,7 +83,7 @@ def seed(stack: Any) -> None:
     by_hour: dict[int, list[Sample]] = {}
     for sample in samples:
         by_hour.setdefault(floor_ms(sample.timestamp_ms, HOUR), []).append(sample)
-    engine = db.make_engine(writer_dsn(stack))
+    engine = db.make_engine(stack.writer_dsn())
     try:
         store = Store(engine)
         written = sum(store.write(Batch(JOB, stack.exporter, max(x.timestamp_ms for x in batch), batch,

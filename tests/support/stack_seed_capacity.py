@@ -16,7 +16,6 @@ import datetime as dt
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from test_archive_utilisation import META, host_batches
 
 from perfwatch.archiver import db
@@ -32,12 +31,6 @@ INSTANCE = "capacity-seed:9100"
 BUILD_INFO = "perfwatch_exporter_build_info"
 
 
-def writer_dsn(stack: Any) -> str:
-    dsn = conninfo_to_dict((stack.secrets / "archiver_dsn").read_text())
-    dsn.update(host="127.0.0.1", port=str(stack.postgres.port))
-    return make_conninfo("", **dsn)
-
-
 def seed(stack: Any) -> None:
     with psycopg.connect(stack.superuser_dsn()) as conn:
         # the catalog's facts where the real exporter's series are there already
@@ -48,7 +41,7 @@ def seed(stack: Any) -> None:
     build_info = known.get(BUILD_INFO, MetricMeta(BUILD_INFO, "gauge", "gauge"))
     start = stack.started - dt.timedelta(minutes=3)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
-    engine = db.make_engine(writer_dsn(stack))
+    engine = db.make_engine(stack.writer_dsn())
     try:
         store = Store(engine)
         labels = (("instance", INSTANCE), ("job", JOB), ("version", "seed"))
