@@ -45,10 +45,11 @@ class Maintenance:
             for tier in self.policy.tiers:
                 self.metrics.rollup_runs.labels(tier.name, "error").inc()
             return False
+        # The watermarks first: whoever sees this pass counted sees the lag it left.
+        self.refresh_tiers()
         for run in runs:
             self.metrics.rollup_runs.labels(run.tier, "ok").inc()
         self.metrics.rollup_last_success.set(time.time())
-        self.refresh_tiers()
         return True
 
     def retention_pass(self) -> bool:
