@@ -5,6 +5,7 @@ idempotent, resumes after an interruption, merges late samples and drops what it
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterator
@@ -248,11 +249,38 @@ def test_the_writer_is_the_only_one_who_may_compact(postgres_server: PostgresSer
         engine = stored_archive(dsn, POLICY, DATA[:1])
         with login_as("perfwatch_grafana", dsn) as grafana, psycopg.connect(grafana) as conn:
             for call in ("SELECT perfwatch.compact_next(now(), '1 minute', '1 hour')",
-                         "SELECT perfwatch.compact_late('1 hour')"):
+                         "SELECT perfwatch.compact_late('1 hour')",
+                         "SELECT perfwatch.compact_piece(now() - interval '1 hour', now(), pg_backend_pid())",
+                         "SELECT perfwatch.rollup_piece('5m', now() - interval '1 hour', now(), pg_backend_pid())"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(call)
                 conn.rollback()
         engine.dispose()
+
+
+def chunk_digest(engine: sa.Engine) -> tuple[int, str]:
+    with engine.connect() as conn:
+        return tuple(conn.execute(sa.text(
+            "SELECT count(*), md5(string_agg(c::text, ',' ORDER BY c.series_id, c.start)) FROM perfwatch.sample_chunk c"
+        )).one())
+
+
+def test_parallel_and_serial_compaction_write_the_same_chunks(postgres_server: PostgresServer) -> None:
+    """Catching up on two connections (the default) packs every chunk as one connection does, and
+    a piece refuses to run unless its step's backend holds the raw-write lock."""
+    serial_policy = dataclasses.replace(POLICY, catchup_workers=1)
+    with postgres_server.fresh_database() as a, postgres_server.fresh_database() as b:
+        parallel, serial = stored_archive(a, POLICY, DATA), stored_archive(b, serial_policy, DATA)
+        runs = [run_compaction(parallel, POLICY, END), run_compaction(serial, serial_policy, END)]
+        assert runs[0].watermark_after == runs[1].watermark_after is not None
+        assert runs[0].chunks == runs[1].chunks > 100
+        assert chunk_digest(parallel) == chunk_digest(serial)
+        assert raw_samples(parallel) == raw_samples(serial)
+        with parallel.begin() as conn, pytest.raises(sa.exc.DBAPIError, match=r"holds perfwatch\.lock_raw_write"):
+            conn.execute(sa.text("SELECT perfwatch.compact_piece(:lo, :hi, pg_backend_pid())"),
+                         {"lo": END, "hi": END + dt.timedelta(hours=1)})
+        parallel.dispose()
+        serial.dispose()
 
 
 @pytest.mark.slow

@@ -56,6 +56,9 @@ policy:
     ({"raw_retention": "seven days"}, "policy.raw_retention", "is not a duration"),
     ({"rollup_delay": "2d"}, "policy.rollup_delay", "between"),
     ({"rollup_delay": "0s"}, "policy.rollup_delay", "positive"),  # 1ms is the shortest, as for every duration
+    ({"catchup_workers": 0}, "policy.catchup_workers", "must be 1 to 8, not 0"),
+    ({"catchup_workers": 9}, "policy.catchup_workers", "must be 1 to 8, not 9"),
+    ({"catchup_workers": "two"}, "policy.catchup_workers", "integer"),
     ({"tiers": [{"resolution": "5m", "retention": "90d", "aggregate": "avg"}]}, "policy.tiers[0].aggregate",
      "unknown key"),
     ({"tiers": [{"resolutoin": "5m", "retention": "90d"}]}, "policy.tiers[0].resolutoin", "did you mean 'resolution'"),

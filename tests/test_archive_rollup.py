@@ -13,6 +13,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -346,4 +347,128 @@ def test_a_sample_days_older_than_the_packed_tiers_is_rolled_up(pg_dsn: str) -> 
         assert [tuple(r) for r in rows] == [(1, 42.5)]
         assert conn.execute(sa.text("SELECT count(*) FROM perfwatch.rollup_dirty")).scalar() == 0
     assert [(r.buckets_written, r.dirty_buckets_written) for r in run_rollups(engine, POLICY, now)] == [(0, 0), (0, 0)]
+    engine.dispose()
+
+
+# -- the first tier's catch-up in parallel (policy.catchup_workers) ------------------------------------
+
+def table_digest(engine: sa.Engine, table: str) -> tuple[int, str]:
+    """Rows of perfwatch.<table> and an md5 of their text (float8 prints exactly: round-trip digits)."""
+    with engine.connect() as conn:
+        return tuple(conn.execute(sa.text(
+            f"SELECT count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t.series_id, t.bucket), ''))"
+            f" FROM perfwatch.{table} t")).one())
+
+
+def test_parallel_and_serial_rollups_write_the_same_buckets(rolled: Rolled, postgres_server: PostgresServer) -> None:
+    """`rolled` caught up on two connections (the default); one connection gives every bucket bit
+    for bit the same, with the same watermarks."""
+    engine, data, runs = rolled
+    assert POLICY.catchup_workers == 2
+    assert runs[0].parallel_pieces == runs[0].chunks > 10  # the first tier's hours, on the pieces' connections
+    assert runs[1].parallel_pieces == 0  # the others roll up in their step's transaction
+    serial_policy = Policy(catchup_workers=1)
+    with postgres_server.fresh_database() as dsn:
+        serial = stored_archive(dsn, serial_policy, data)
+        serial_runs = run_rollups(serial, serial_policy, NOW)
+        assert [r.parallel_pieces for r in serial_runs] == [0, 0]
+        assert [(r.watermark_after, r.buckets_written, r.chunks) for r in serial_runs] == \
+            [(r.watermark_after, r.buckets_written, r.chunks) for r in runs]
+        for table in ("rollup_5m", "rollup_1h"):
+            assert table_digest(serial, table) == table_digest(engine, table)
+            assert table_digest(serial, table)[0] > 100
+        serial.dispose()
+
+
+def window(conn: sa.Connection, now: dt.datetime) -> sa.Row[Any]:
+    return db.call_table(conn, "rollup_window", "5m", now, dt.timedelta(minutes=1), dt.timedelta(hours=4))[0]
+
+
+def piece(engine: sa.Engine, lo: dt.datetime, hi: dt.datetime, holder: int) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(sa.select(sa.func.perfwatch.rollup_piece("5m", lo, hi, holder))).scalar_one())
+
+
+def test_a_piece_runs_only_while_its_step_holds_the_locks(pg_dsn: str) -> None:
+    """rollup_piece refuses a holder that does not hold the rollup's locks (itself, a finished
+    step); while the step's transaction holds them, writers wait and the piece rolls up."""
+    start = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    data = synthetic(start, 3, seed=21)
+    engine = stored_archive(pg_dsn, POLICY, data)
+    now = start + dt.timedelta(hours=3, minutes=10)
+    with engine.connect() as conn:
+        own = conn.execute(sa.select(sa.func.pg_backend_pid())).scalar_one()
+    with pytest.raises(sa.exc.DBAPIError, match=r"runs only while backend .* holds perfwatch.lock_rollup"):
+        piece(engine, start, start + dt.timedelta(hours=1), own)
+    with engine.begin() as conn:
+        step = window(conn, now)
+        holder = conn.execute(sa.select(sa.func.pg_backend_pid())).scalar_one()
+        assert piece(engine, step.lo, step.lo + dt.timedelta(hours=1), holder) > 0
+        with engine.connect() as other:  # a writer waits for the step (lock_timeout: do not wait long)
+            other.execute(sa.text("SET lock_timeout = '200ms'"))
+            with pytest.raises(sa.exc.DBAPIError, match="lock timeout"):
+                other.execute(sa.select(sa.func.perfwatch.begin_write()))
+            other.rollback()
+        conn.execute(sa.select(sa.func.perfwatch.set_watermark("5m", step.lo + dt.timedelta(hours=1))))
+    with engine.connect() as conn:
+        assert db.call_table(conn, "tier_state", "5m")[0].watermark == step.lo + dt.timedelta(hours=1)
+    with pytest.raises(sa.exc.DBAPIError, match="runs only while backend"):  # that step is over
+        piece(engine, step.lo, step.lo + dt.timedelta(hours=1), holder)
+    with engine.begin() as conn, pytest.raises(sa.exc.DBAPIError, match="runs only while backend"):
+        conn.execute(sa.select(sa.func.perfwatch.set_watermark("5m", now)))  # without the locks
+    engine.dispose()
+
+
+def test_a_step_that_failed_after_some_pieces_is_done_again(pg_dsn: str) -> None:
+    """An archiver killed while a step's pieces run leaves the watermark where it was (the step's
+    transaction rolls back), and the pieces that committed are above it, where no reader looks:
+    the next pass does the step again and the tiers come out whole, each bucket once."""
+    start = dt.datetime(2024, 5, 2, tzinfo=dt.UTC)
+    data = synthetic(start, 6, seed=22)
+    engine = stored_archive(pg_dsn, POLICY, data)
+    now = start + dt.timedelta(hours=6, minutes=10)
+    with engine.connect() as conn:
+        step = window(conn, now)
+        holder = conn.execute(sa.select(sa.func.pg_backend_pid())).scalar_one()
+        assert piece(engine, step.lo, step.lo + dt.timedelta(hours=1), holder) > 0
+        conn.rollback()  # the "kill"
+    with engine.connect() as conn:
+        assert db.call_table(conn, "tier_state", "5m")[0].watermark is None
+    runs = run_rollups(engine, POLICY, now)
+    assert runs[0].watermark_before is None and runs[0].parallel_pieces > 0
+    assert assert_tier_matches(engine, data, "rollup_5m", 300, runs[0].watermark_after) == \
+        table_digest(engine, "rollup_5m")[0]
+    assert assert_tier_matches(engine, data, "rollup_1h", 3600, runs[1].watermark_after) > 0
+    engine.dispose()
+
+
+@pytest.mark.parametrize("width", ["1 second", "5 minutes", "1 hour"])
+def test_merge_samples_sql_is_merge_buckets_sql_bit_for_bit(pg_dsn: str, width: str) -> None:
+    """The first tier's lean merge of raw samples gives what the general merge of one-sample buckets
+    gives, every float bit included, over head rows, packed chunks and late samples in one range."""
+    from perfwatch.archiver.compact import run_compaction
+
+    start = dt.datetime(2024, 5, 3, 0, 0, 3, tzinfo=dt.UTC)
+    data = synthetic(start, 4, seed=23)
+    engine = stored_archive(pg_dsn, POLICY, data)
+    now = start + dt.timedelta(hours=4)
+    run_compaction(engine, POLICY, now)  # hours 0-2 packed, hour 3 in the head
+    late_t = ms(start) + 3600_000 + 12_345
+    gauge = next(s for s in data if s.kind == "gauge")
+    assert Store(engine).write(Batch("synthetic", "host:1", late_t, [Sample(gauge.name, gauge.labels, -3.25, late_t)],
+                                     {gauge.name: MetricMeta(gauge.name, "gauge", "gauge")})) == 1
+    lo, hi = dt.datetime(2024, 5, 3, tzinfo=dt.UTC), dt.datetime(2024, 5, 3, 5, tzinfo=dt.UTC)
+    interval = sa.cast(width, sa.Interval)
+    with engine.connect() as conn:
+        for table in ("sample_late", "sample_chunk", "sample"):
+            assert conn.execute(sa.text(f"SELECT count(*) FROM perfwatch.{table}")).scalar()
+        lean_sql = conn.execute(sa.select(sa.func.perfwatch.merge_samples_sql(
+            sa.func.perfwatch.raw_samples_sql(lo, hi, None), interval))).scalar_one()
+        general_sql = conn.execute(sa.select(sa.func.perfwatch.merge_buckets_sql(
+            sa.func.perfwatch.raw_buckets_sql(lo, hi, None), interval, False))).scalar_one()
+        lean, general = ([tuple(r) for r in conn.execute(sa.text(f"SELECT m::text FROM ({q}) m"
+                                                                 " ORDER BY m.series_id, m.bucket"))]
+                         for q in (lean_sql, general_sql))
+    assert len(lean) >= 20
+    assert lean == general
     engine.dispose()

@@ -31,6 +31,9 @@ class DatabaseUnavailable(Exception):  # noqa: N818 - the name other modules kno
     """PostgreSQL cannot be reached (down, restarting, network, out of connections): retry later."""
 
 
+MAX_PARALLEL_PIECES = 8  # policy.catchup_workers' upper bound
+
+
 def make_engine(dsn: str, *, application_name: str = "perfwatch-archiver", pool_size: int = 4,
                 connect_timeout: int = 5) -> sa.Engine:
     """A SQLAlchemy Core engine over psycopg 3 for a libpq DSN (URL or `key=value` form).
@@ -49,8 +52,11 @@ def make_engine(dsn: str, *, application_name: str = "perfwatch-archiver", pool_
     params.setdefault("keepalives_idle", 10)
     params.setdefault("keepalives_interval", 5)
     params.setdefault("keepalives_count", 3)
+    # Overflow for the pieces of a parallel rollup or compaction (policy.catchup_workers, at most
+    # MAX_CATCHUP_WORKERS), which need connections while writers may hold theirs waiting on its locks.
     return sa.create_engine("postgresql+psycopg://", connect_args=params, pool_pre_ping=True,
-                            pool_size=pool_size, max_overflow=2, pool_timeout=connect_timeout * 2)
+                            pool_size=pool_size, max_overflow=2 + MAX_PARALLEL_PIECES,
+                            pool_timeout=connect_timeout * 2)
 
 
 def _libpq_dsn(dsn: str) -> str:

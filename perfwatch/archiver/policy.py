@@ -42,6 +42,9 @@ def _default_tiers() -> list[Tier]:
     return [Tier(Duration(300), Duration(90 * 86400)), Tier(Duration(3600), Duration(2 * 365 * 86400))]
 
 
+MAX_CATCHUP_WORKERS = db.MAX_PARALLEL_PIECES  # the engine's pool has room for them
+
+
 @dataclasses.dataclass
 class Policy:
     raw_retention: Duration = dataclasses.field(default=Duration(7 * 86400))
@@ -49,6 +52,9 @@ class Policy:
     # that period have been written; samples arriving later still get rolled (late-sample ranges).
     rollup_delay: Duration = dataclasses.field(default=Duration(60))
     tiers: list[Tier] = dataclasses.field(default_factory=_default_tiers)
+    # Connections the first tier's catch-up rolls up on at once (rollup.py): its per-sample work is
+    # PostgreSQL's, one core per connection. 1: one chunk per transaction, in order.
+    catchup_workers: int = 2
 
     def validate(self, key: str = "") -> None:
         """Raise ConfigError naming the offending key (e.g. `policy.tiers[1].resolution`)."""
@@ -58,6 +64,9 @@ class Policy:
         # already rolls a bucket up as soon as it has closed.
         if not 0 < self.rollup_delay <= 86400:
             raise ConfigError(join_key(key, "rollup_delay"), "must be between 1ms and 1d")
+        if not 1 <= self.catchup_workers <= MAX_CATCHUP_WORKERS:
+            raise ConfigError(join_key(key, "catchup_workers"),
+                              f"must be 1 to {MAX_CATCHUP_WORKERS}, not {self.catchup_workers}")
         below_resolution, below_retention, below_key = 0.0, float(self.raw_retention), join_key(key, "raw_retention")
         for i, tier in enumerate(self.tiers):
             tier_key = join_key(join_key(key, "tiers"), i)

@@ -332,13 +332,14 @@ def bench_storage_and_rollup(server: Server, args: argparse.Namespace) -> None:
         unpacked = database_bytes(dsn) - empty
         now = START + dt.timedelta(days=1, minutes=2)
         t0 = time.perf_counter()
-        compaction = run_compaction(engine, Policy(), now)
+        policy = Policy(catchup_workers=args.catchup_workers)
+        compaction = run_compaction(engine, policy, now)
         compact_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        runs = run_rollups(engine, Policy(), now)
+        runs = run_rollups(engine, policy, now)
         rollup_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tiers_packed = run_compaction(engine, Policy(), now)  # the next pass packs the 5m tier's closed day
+        tiers_packed = run_compaction(engine, policy, now)  # the next pass packs the 5m tier's closed day
         pack_tiers_s = time.perf_counter() - t0
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
@@ -368,7 +369,9 @@ def bench_storage_and_rollup(server: Server, args: argparse.Namespace) -> None:
         print(table(rows))
         if tsdb_all:
             print(f"ratio raw after compaction / TSDB block: {raw_bytes / tsdb_all:.2f}")
-        print(f"\ncompaction of that day: {compact_s:.1f} s ({compaction.chunks:,} chunks, "
+        print(f"\npolicy.catchup_workers: {args.catchup_workers} (connections the compaction and the first tier's "
+              "rollup use at once)")
+        print(f"compaction of that day: {compact_s:.1f} s ({compaction.chunks:,} chunks, "
               f"{stored / compact_s:,.0f} samples/s)")
         print(f"packing the tiers' closed windows (the 5m tier's day): {pack_tiers_s:.1f} s "
               f"({tiers_packed.tier_chunks:,} chunks)")
@@ -455,6 +458,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=300, help="scrapes written in the ingest section")
     parser.add_argument("--read-series", type=int, default=20, help="series with a year of data (read)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of each read")
+    parser.add_argument("--catchup-workers", type=int, default=Policy().catchup_workers,
+                        help="policy.catchup_workers for the compaction and rollup of the storage section")
     args = parser.parse_args()
     sections = {s.strip() for s in args.only.split(",")}
     print(f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}Z, {os.cpu_count()} CPUs, load average "

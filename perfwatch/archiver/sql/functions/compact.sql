@@ -31,11 +31,10 @@ CREATE OR REPLACE FUNCTION perfwatch.release_packed(p_tier text, p_before timest
         ON CONFLICT (table_name) DO NOTHING;
     END;
 
--- The query of every raw sample of [p_lo, p_hi) as bucket rows of one sample each (the shape
--- merge_buckets_sql reads: res 0, increase 0, resets 0): from the chunks and the late samples
--- before the packed watermark, from the head after it. p_series: a SQL expression for an
--- integer[] of the series to read (e.g. '$3'), NULL for all.
-CREATE OR REPLACE FUNCTION perfwatch.raw_buckets_sql(p_lo timestamptz, p_hi timestamptz, p_series text)
+-- The query of every raw sample of [p_lo, p_hi) (series_id, ts, value): from the chunks and the
+-- late samples before the packed watermark, from the head after it. p_series: a SQL expression for
+-- an integer[] of the series to read (e.g. '$3'), NULL for all.
+CREATE OR REPLACE FUNCTION perfwatch.raw_samples_sql(p_lo timestamptz, p_hi timestamptz, p_series text)
     RETURNS text
     LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
 DECLARE
@@ -67,13 +66,20 @@ BEGIN
         parts := ARRAY['SELECT NULL::integer AS series_id, NULL::timestamptz AS ts, NULL::double precision AS value '
                        'WHERE false'];
     END IF;
+    RETURN array_to_string(parts, ' UNION ALL ');
+END
+$$;
+
+-- The same samples as bucket rows of one sample each (the shape merge_buckets_sql reads: res 0,
+-- increase 0, resets 0).
+CREATE OR REPLACE FUNCTION perfwatch.raw_buckets_sql(p_lo timestamptz, p_hi timestamptz, p_series text)
+    RETURNS text
+    LANGUAGE sql STABLE SET search_path = pg_catalog, perfwatch
     RETURN format($q$
         SELECT r.series_id, r.ts AS bucket, 0::double precision AS res, 1 AS count, r.value AS sum, r.value AS min,
                r.value AS max, r.ts AS first_ts, r.value AS first_value, r.ts AS last_ts, r.value AS last_value,
                0::double precision AS increase, 0 AS resets
-        FROM (%s) r$q$, array_to_string(parts, ' UNION ALL '));
-END
-$$;
+        FROM (%s) r$q$, perfwatch.raw_samples_sql(p_lo, p_hi, p_series));
 
 -- Pack the samples p_source yields (series_id, ts, value; milliseconds apart at least, as
 -- Prometheus' are) into chunks of p_width windows, merged with what the chunks of those windows
@@ -126,24 +132,23 @@ BEGIN
 END
 $$;
 
--- One step of the compaction: pack the head's next closed stretch (at most p_span, whole windows)
--- after the packed watermark, which then moves on. A window is closed once it ends at or before
--- p_now - p_delay. Head partitions that end at or before the new watermark are queued to be
--- dropped (perfwatch.partition_drop; the archiver detaches and drops them outside this
--- transaction). Under the raw-write lock, so a write is either packed here or sees the new
--- watermark and goes to sample_late. Returns the range packed (lo = hi: nothing to do) and the
--- number of chunks written.
-CREATE OR REPLACE FUNCTION perfwatch.compact_next(p_now timestamptz, p_delay interval, p_span interval,
-                                                  OUT lo timestamptz, OUT hi timestamptz, OUT chunks bigint)
+-- The head's next closed stretch to pack (at most p_span, whole windows) after the packed
+-- watermark, under the raw-write lock (held to the end of the caller's transaction), so a write is
+-- either packed by this step or sees the watermark it leaves and goes to sample_late. A window is
+-- closed once it ends at or before p_now - p_delay. lo NULL: no head data at all; lo = hi: nothing
+-- closed. skipped: no head partition in [lo, hi) (a gap in the archive, the years before an
+-- import): the watermark has moved past it at once.
+CREATE OR REPLACE FUNCTION perfwatch.compact_window(p_now timestamptz, p_delay interval, p_span interval,
+                                                    OUT lo timestamptz, OUT hi timestamptz, OUT skipped boolean)
     LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
 DECLARE
     packed perfwatch.tier;
     closed_before timestamptz;
     next_data timestamptz;
-    part timestamptz;
 BEGIN
     LOCK TABLE perfwatch.lock_raw_write IN EXCLUSIVE MODE;
     SELECT * INTO packed FROM perfwatch.tier WHERE name = 'packed';
+    skipped := false;
     closed_before := perfwatch.bucket_floor(packed.resolution, p_now - p_delay);
     lo := packed.watermark;
     IF lo IS NULL THEN
@@ -154,19 +159,17 @@ BEGIN
     END IF;
     IF lo >= closed_before THEN
         hi := lo;
-        chunks := 0;
         RETURN;
     END IF;
-    -- Every head sample is in a head partition: where none is, there is nothing to pack (a gap
-    -- in the archive, the years before an import), and the watermark moves past it at once.
+    -- Every head sample is in a head partition: where none is, there is nothing to pack.
     SELECT perfwatch.bucket_floor(packed.resolution, min(p.lo)) INTO next_data
-        FROM perfwatch.partition p WHERE p.tier = 'raw' AND p.hi > compact_next.lo;
+        FROM perfwatch.partition p WHERE p.tier = 'raw' AND p.hi > compact_window.lo;
     IF next_data < lo THEN
         next_data := lo;
     END IF;
     IF next_data IS NULL OR next_data >= closed_before THEN
         hi := closed_before;
-        chunks := 0;
+        skipped := true;
         UPDATE perfwatch.tier SET watermark = hi WHERE name = 'packed';
         RETURN;
     END IF;
@@ -175,16 +178,69 @@ BEGIN
     IF hi <= lo THEN
         hi := lo + packed.resolution;
     END IF;
-    FOR part IN SELECT generate_series(perfwatch.bucket_floor(packed.partition_width, lo), hi - interval '1 microsecond',
-                                       packed.partition_width) LOOP
+END
+$$;
+
+-- Pack the head's samples of [p_lo, p_hi) (whole windows) into chunks, merged with chunks already
+-- there (a step done before a failure). Returns the number of chunks written.
+CREATE OR REPLACE FUNCTION perfwatch.compact_range(p_lo timestamptz, p_hi timestamptz) RETURNS bigint
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    packed perfwatch.tier;
+    part timestamptz;
+BEGIN
+    SELECT * INTO packed FROM perfwatch.tier WHERE name = 'packed';
+    FOR part IN SELECT generate_series(perfwatch.bucket_floor(packed.partition_width, p_lo),
+                                       p_hi - interval '1 microsecond', packed.partition_width) LOOP
         PERFORM perfwatch.ensure_partition('packed', part);
     END LOOP;
-    chunks := perfwatch.pack_samples(
-        format('SELECT series_id, ts, value FROM perfwatch.sample WHERE ts >= %L AND ts < %L', lo, hi),
+    RETURN perfwatch.pack_samples(
+        format('SELECT series_id, ts, value FROM perfwatch.sample WHERE ts >= %L AND ts < %L', p_lo, p_hi),
         packed.resolution,
-        EXISTS (SELECT FROM perfwatch.sample_chunk c WHERE c.start >= lo AND c.start < hi));
-    UPDATE perfwatch.tier SET watermark = hi WHERE name = 'packed';
-    PERFORM perfwatch.release_packed('raw', hi);
+        EXISTS (SELECT FROM perfwatch.sample_chunk c WHERE c.start >= p_lo AND c.start < p_hi));
+END
+$$;
+
+-- The packed watermark moves to p_hi, in the step's transaction (it holds the raw-write lock), and
+-- head partitions that end at or before it are queued to be dropped (perfwatch.partition_drop; the
+-- archiver detaches and drops them outside this transaction).
+CREATE OR REPLACE FUNCTION perfwatch.compact_advance(p_hi timestamptz) RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+BEGIN
+    PERFORM perfwatch.assert_locks_held(ARRAY['lock_raw_write'], pg_backend_pid(), 'compaction');
+    UPDATE perfwatch.tier SET watermark = p_hi WHERE name = 'packed';
+    PERFORM perfwatch.release_packed('raw', p_hi);
+END
+$$;
+
+-- One step of the compaction in one transaction: the next stretch (compact_window), packed, then
+-- the watermark moves. Returns the range packed (lo = hi: nothing to do) and the chunks written.
+CREATE OR REPLACE FUNCTION perfwatch.compact_next(p_now timestamptz, p_delay interval, p_span interval,
+                                                  OUT lo timestamptz, OUT hi timestamptz, OUT chunks bigint)
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    skipped boolean;
+BEGIN
+    SELECT w.lo, w.hi, w.skipped INTO lo, hi, skipped FROM perfwatch.compact_window(p_now, p_delay, p_span) w;
+    IF lo IS NULL THEN
+        RETURN;
+    END IF;
+    chunks := 0;
+    IF skipped OR hi <= lo THEN
+        RETURN;
+    END IF;
+    chunks := perfwatch.compact_range(lo, hi);
+    PERFORM perfwatch.compact_advance(hi);
+END
+$$;
+
+-- A piece [p_lo, p_hi) of a compaction step that runs on several connections at once (compact.py):
+-- the step's transaction (backend p_holder) holds the raw-write lock and waits, as rollup_piece's.
+CREATE OR REPLACE FUNCTION perfwatch.compact_piece(p_lo timestamptz, p_hi timestamptz, p_holder integer) RETURNS bigint
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+BEGIN
+    PERFORM perfwatch.assert_locks_held(ARRAY['lock_raw_write'], p_holder, 'compaction');
+    RETURN perfwatch.compact_range(p_lo, p_hi);
 END
 $$;
 
@@ -230,6 +286,7 @@ CREATE OR REPLACE FUNCTION perfwatch.is_packed(p_series_id integer, p_ts timesta
 
 GRANT EXECUTE ON FUNCTION
     perfwatch.level_partitions(text),
+    perfwatch.raw_samples_sql(timestamptz, timestamptz, text),
     perfwatch.raw_buckets_sql(timestamptz, timestamptz, text)
 TO perfwatch_grafana;
 

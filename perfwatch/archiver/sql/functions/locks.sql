@@ -62,3 +62,23 @@ BEGIN
         WHERE p.level = lvl + 1;
 END
 $$;
+
+-- Raise unless backend p_holder holds every lock table of p_locks in EXCLUSIVE mode: the pieces of
+-- a parallel rollup or compaction run on connections of their own while the transaction that
+-- took the locks waits for them (rollup.py, compact.py), and must never run without it.
+CREATE OR REPLACE FUNCTION perfwatch.assert_locks_held(p_locks text[], p_holder integer, p_what text) RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    lock_table text;
+BEGIN
+    FOREACH lock_table IN ARRAY p_locks LOOP
+        IF NOT EXISTS (SELECT FROM pg_locks l
+                       WHERE l.pid = p_holder AND l.granted AND l.mode = 'ExclusiveLock' AND l.locktype = 'relation'
+                         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                         AND l.relation = format('perfwatch.%I', lock_table)::regclass) THEN
+            RAISE EXCEPTION 'a piece of the % runs only while backend % holds perfwatch.% (it does not)',
+                p_what, p_holder, lock_table;
+        END IF;
+    END LOOP;
+END
+$$;

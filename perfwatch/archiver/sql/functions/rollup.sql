@@ -10,14 +10,14 @@ CREATE OR REPLACE FUNCTION perfwatch.note_late(p_tier text, p_lo timestamptz, p_
     END;
 
 -- Roll [p_lo, p_hi) of the level below into p_tier's buckets (both bounds on its bucket grid), with
--- merge_buckets_sql (buckets.sql). Upserts, and rewrites a bucket only when it differs: running it
+-- merge_samples_sql from raw samples, merge_buckets_sql from a tier's buckets (buckets.sql). Upserts, and rewrites a bucket only when it differs: running it
 -- again changes nothing and reports 0 rows. Returns the number of buckets written.
 CREATE OR REPLACE FUNCTION perfwatch.rollup_range(p_tier text, p_lo timestamptz, p_hi timestamptz) RETURNS bigint
     LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch SET work_mem = '64MB' AS $$
 DECLARE
     t perfwatch.tier;
     src perfwatch.tier;
-    source_rows text;
+    merged text;
     part timestamptz;
     written bigint;
     packed_before timestamptz;
@@ -42,9 +42,10 @@ BEGIN
         PERFORM perfwatch.ensure_partition(p_tier, part);
     END LOOP;
     IF src.name = 'raw' THEN
-        source_rows := perfwatch.raw_buckets_sql(p_lo, p_hi, NULL);
+        merged := perfwatch.merge_samples_sql(perfwatch.raw_samples_sql(p_lo, p_hi, NULL), t.resolution);
     ELSE
-        source_rows := perfwatch.tier_buckets_sql(src.name, p_lo, p_hi, NULL);
+        merged := perfwatch.merge_buckets_sql(perfwatch.tier_buckets_sql(src.name, p_lo, p_hi, NULL), t.resolution,
+                                              false);
     END IF;
     EXECUTE format($q$
         INSERT INTO perfwatch.%1$I AS t
@@ -64,7 +65,7 @@ BEGIN
               IS DISTINCT FROM
               (excluded.count, excluded.sum, excluded.min, excluded.max, excluded.first_ts, excluded.first_value,
                excluded.last_ts, excluded.last_value, excluded.increase, excluded.resets)
-        $q$, t.table_name, perfwatch.merge_buckets_sql(source_rows, t.resolution, false));
+        $q$, t.table_name, merged);
     GET DIAGNOSTICS written = ROW_COUNT;
     -- Buckets of windows already packed (rolled up again for late samples) go into their chunks.
     SELECT watermark INTO packed_before FROM perfwatch.tier WHERE name = perfwatch.packed_level(p_tier);
@@ -87,12 +88,14 @@ BEGIN
 END
 $$;
 
--- One step of p_tier's rollup: the next closed chunk (at most p_chunk) after its watermark, then
--- the watermark moves. A bucket is closed when it ends at or before p_now - p_delay (first tier)
--- or the watermark of the level below (the others). Returns the range done; lo = hi: nothing to do.
--- Each call is one transaction, so a long catch-up holds the raw-write lock only briefly at a time.
-CREATE OR REPLACE FUNCTION perfwatch.rollup_next(p_tier text, p_now timestamptz, p_delay interval, p_chunk interval,
-                                      OUT lo timestamptz, OUT hi timestamptz, OUT rows bigint)
+-- The next range of p_tier to roll up after its watermark, under the rollup's locks (begin_rollup,
+-- held to the end of the caller's transaction): at most p_chunk of closed buckets. A bucket is
+-- closed when it ends at or before p_now - p_delay (first tier) or the watermark of the level below
+-- (the others). lo NULL: nothing to roll up yet; lo = hi: nothing closed after the watermark.
+-- skipped: the level below has no data (and no late sample) in [lo, hi), and the watermark has been
+-- moved past that gap at once rather than a chunk per transaction.
+CREATE OR REPLACE FUNCTION perfwatch.rollup_window(p_tier text, p_now timestamptz, p_delay interval, p_chunk interval,
+                                                   OUT lo timestamptz, OUT hi timestamptz, OUT skipped boolean)
     LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
 DECLARE
     levels record;
@@ -104,6 +107,7 @@ BEGIN
     SELECT * INTO levels FROM perfwatch.begin_rollup(p_tier);
     t := levels.t;
     src := levels.src;
+    skipped := false;
     IF src.name = 'raw' THEN
         closed_before := perfwatch.bucket_floor(t.resolution, p_now - p_delay);
     ELSIF src.watermark IS NULL THEN
@@ -122,27 +126,76 @@ BEGIN
     END IF;
     IF lo >= closed_before THEN
         hi := lo;
-        rows := 0;
         RETURN;
     END IF;
-    -- Where the level below has no partition (and no late sample), there is nothing to roll up:
-    -- the watermark moves past the gap at once rather than a chunk per transaction.
     SELECT least(min(p.lo), (SELECT min(l.ts) FROM perfwatch.sample_late l
-                             WHERE src.name = 'raw' AND l.ts >= rollup_next.lo))
-        INTO next_data FROM perfwatch.level_partitions(src.name) p WHERE p.hi > rollup_next.lo;
+                             WHERE src.name = 'raw' AND l.ts >= rollup_window.lo))
+        INTO next_data FROM perfwatch.level_partitions(src.name) p WHERE p.hi > rollup_window.lo;
     next_data := perfwatch.bucket_floor(t.resolution, next_data);
     IF next_data IS NULL OR next_data >= closed_before THEN
         hi := closed_before;
-        rows := 0;
+        skipped := true;
         UPDATE perfwatch.tier SET watermark = hi WHERE name = p_tier;
         RETURN;
     END IF;
     lo := greatest(lo, next_data);
     hi := least(lo + p_chunk, closed_before);
+END
+$$;
+
+-- One step of p_tier's rollup: the next closed chunk (at most p_chunk) after its watermark
+-- (rollup_window), then the watermark moves. Returns the range done; lo = hi: nothing to do.
+-- Each call is one transaction, so a long catch-up holds the raw-write lock only briefly at a time.
+CREATE OR REPLACE FUNCTION perfwatch.rollup_next(p_tier text, p_now timestamptz, p_delay interval, p_chunk interval,
+                                      OUT lo timestamptz, OUT hi timestamptz, OUT rows bigint)
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+DECLARE
+    skipped boolean;
+BEGIN
+    SELECT w.lo, w.hi, w.skipped INTO lo, hi, skipped FROM perfwatch.rollup_window(p_tier, p_now, p_delay, p_chunk) w;
+    IF lo IS NULL THEN
+        RETURN;
+    END IF;
+    rows := 0;
+    IF skipped OR hi <= lo THEN
+        RETURN;
+    END IF;
     rows := perfwatch.rollup_range(p_tier, lo, hi);
     UPDATE perfwatch.tier SET watermark = hi WHERE name = p_tier;
 END
 $$;
+
+-- A long catch-up (rollup.py) rolls up on several connections at once: the rollup's transaction
+-- takes the next range with rollup_window, which takes the rollup's locks, and while it holds them
+-- (writers, the compaction and retention wait, as for rollup_next) other connections roll up its
+-- pieces with rollup_piece, each committing on its own; then it moves the watermark (set_watermark)
+-- and commits. Until then readers take the range from the level below, as the watermark says; a
+-- piece done before a failure is done again, to the same buckets, by the next pass.
+-- p_holder: the backend pid of the transaction holding the locks, which rollup_piece checks.
+CREATE OR REPLACE FUNCTION perfwatch.rollup_piece(p_tier text, p_lo timestamptz, p_hi timestamptz, p_holder integer)
+    RETURNS bigint
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+BEGIN
+    PERFORM perfwatch.assert_locks_held(perfwatch.rollup_locks(p_tier), p_holder, format('rollup of tier %s', p_tier));
+    RETURN perfwatch.rollup_range(p_tier, p_lo, p_hi);
+END
+$$;
+
+-- Move p_tier's watermark to p_hi, in the transaction that holds its rollup's locks.
+CREATE OR REPLACE FUNCTION perfwatch.set_watermark(p_tier text, p_hi timestamptz) RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, perfwatch AS $$
+BEGIN
+    PERFORM perfwatch.assert_locks_held(perfwatch.rollup_locks(p_tier), pg_backend_pid(),
+                                        format('rollup of tier %s', p_tier));
+    UPDATE perfwatch.tier SET watermark = p_hi WHERE name = p_tier;
+END
+$$;
+
+-- The locks begin_rollup takes for p_tier: the first tier's also the raw-write lock.
+CREATE OR REPLACE FUNCTION perfwatch.rollup_locks(p_tier text) RETURNS text[]
+    LANGUAGE sql STABLE SET search_path = pg_catalog, perfwatch
+    RETURN CASE WHEN (SELECT level FROM perfwatch.archive_policy WHERE tier = p_tier) = 1
+                THEN ARRAY['lock_rollup', 'lock_raw_write'] ELSE ARRAY['lock_rollup'] END;
 
 -- Roll again what late samples changed below p_tier's watermark (rollup_dirty), and pass the
 -- buckets that changed on to the next tier when it has already rolled past them.
