@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from support.exposition import value, values
 from support.node_exporter import scrape_once
 from test_perf_kernel import ensure_unprivileged_user
 
+from perfwatch.common.families import GaugeMetricFamily
 from perfwatch.exporter.collect import CollectorSet
 from perfwatch.exporter.collectors import textfile
 from perfwatch.exporter.collectors.base import HostPaths, NoOptions

@@ -7,8 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collect import CollectorSet, SharedCall
 from perfwatch.exporter.collectors.base import Collector, HostPaths, NoOptions, gauge
 from perfwatch.exporter.exposition import render_families

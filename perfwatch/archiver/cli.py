@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prometheus_client.exposition import generate_latest
+
 from perfwatch import __version__
 from perfwatch.archiver.scrape import LABEL_NAME_RE
 from perfwatch.archiver.settings import DEFAULT_PORT, PERIODS, ArchiverSettings, load_settings
@@ -243,8 +245,10 @@ def run(settings: ArchiverSettings, dsn: str | None, web_config: WebConfig | Non
         return Response(200, b"Ready.\n") if started.is_set() else Response(503, b"Starting.\n")
 
     http_metrics = HTTPMetrics()
-    archiver.metrics.registry.register(http_metrics)
-    routes = service_routes("perfwatch archiver", __version__, metrics_handler(archiver.metrics.registry), ready)
+    # Its families are perfwatch's (common.families), with every attribute prometheus_client reads.
+    archiver.metrics.registry.register(http_metrics)  # type: ignore[arg-type]
+    routes = service_routes("perfwatch archiver", __version__,
+                            metrics_handler(archiver.metrics.registry, generate_latest), ready)
     remote = RemoteDoors(settings, archiver)
 
     def start(server: WebServer) -> bool:

@@ -14,8 +14,6 @@ import hmac
 import os
 import threading
 
-import bcrypt
-
 # bcrypt only ever reads the first 72 bytes of a password; bcrypt 5 refuses longer ones.
 _BCRYPT_MAX_PASSWORD = 72
 
@@ -46,6 +44,8 @@ class BasicAuth:
     def __init__(self, users: dict[str, str], max_entries: int = 1024) -> None:
         self._users = {name: hashed.encode() for name, hashed in users.items()}
         cost = max(int(h[4:6]) for h in self._users.values())
+        import bcrypt  # here, not at the top: only a web config with basic_auth_users needs it (RSS)
+
         # A well-formed hash of the highest cost that matches no password: take a cheap real one
         # and raise its cost field (computing it at cost 12 would add 250 ms to start-up).
         cheap = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(rounds=4))
@@ -94,6 +94,8 @@ class BasicAuth:
             return digest in self._verified
 
     def _bcrypt_ok(self, password: bytes, hashed: bytes) -> bool:
+        import bcrypt  # loaded by __init__ already: a dictionary look-up
+
         if len(password) > _BCRYPT_MAX_PASSWORD:
             # Refused, but only after the same work as any other attempt.
             bcrypt.checkpw(password[:_BCRYPT_MAX_PASSWORD], self._dummy)

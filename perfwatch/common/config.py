@@ -16,8 +16,6 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 T = TypeVar("T")
 
 _DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
@@ -104,6 +102,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError("", f"cannot read config file {path}: {err.strerror}") from err
+    import yaml  # here, not at the top: a program started without a config file never needs it (RSS)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from perfwatch.common.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # accept() failures for want of a resource: retried after a pause, and counted by errno.
 ACCEPT_RESOURCE_ERRORS = {errno.EMFILE: "EMFILE", errno.ENFILE: "ENFILE", errno.ENOBUFS: "ENOBUFS",

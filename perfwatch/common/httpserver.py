@@ -43,10 +43,8 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 from urllib.parse import urlsplit
-
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import CollectorRegistry
 
 from perfwatch.common.config import ConfigError, format_duration
 from perfwatch.common.httpmetrics import ACCEPT_RESOURCE_ERRORS, LOG_INTERVAL, HTTPMetrics, LogLimiter
@@ -117,6 +115,7 @@ class Response:
 
 
 Handler = Callable[[Request], Response]
+R = TypeVar("R")
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -134,9 +133,9 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def metrics_handler(registry: CollectorRegistry,
-                    render: Callable[[CollectorRegistry], bytes] = generate_latest) -> Handler:
-    """`/metrics` for `registry`; the exporter passes its leaner renderer (exporter.exposition.render)."""
+def metrics_handler(registry: R, render: Callable[[R], bytes]) -> Handler:
+    """`/metrics`: `registry` in the text format, as `render` writes it (the archiver passes
+    prometheus_client's generate_latest, the exporter its own exporter.exposition.render)."""
 
     def handle(_request: Request) -> Response:
         return Response(200, render(registry), METRICS_CONTENT_TYPE, compressible=True)

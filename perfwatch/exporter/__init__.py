@@ -1,1 +1,1 @@
-"""perfwatch exporter: host (psutil, /proc, /sys) and perf-event metrics for Prometheus."""
+"""perfwatch exporter: host (/proc, /sys) and perf-event metrics for Prometheus."""

@@ -26,7 +26,7 @@ log = logging.getLogger("perfwatch.exporter")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="perfwatch-exporter",
-        description="Expose host metrics (psutil, /proc, /sys) and Linux perf-event counters "
+        description="Expose host metrics (/proc, /sys) and Linux perf-event counters "
         "on /metrics for Prometheus.",
         epilog="Command-line options override the config file. Every config key is documented "
         "in README.md (Configuration).",
@@ -69,7 +69,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(args.log_level or settings.log_level)
     paths = settings.paths
-    paths.apply_to_psutil()
 
     collectors: list[Collector[Any]] = [
         REGISTRY[name](entry.options, paths) for name, entry in collector_settings.items() if entry.enabled

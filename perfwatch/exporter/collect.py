@@ -35,14 +35,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import CollectorRegistry
-
+from perfwatch.common.families import GaugeMetricFamily, InfoMetricFamily, Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, metric_name
+from perfwatch.exporter.process_metrics import ProcessMetrics
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ class SharedCall(Generic[T]):
 
 
 class CollectorSet:
-    """A prometheus_client collector that runs perfwatch's collectors at every scrape."""
+    """The registry's collector that runs perfwatch's collectors at every scrape."""
 
     def __init__(self, collectors: Sequence[Collector[Any]], *, workers: int = WORKERS,
                  share_window: float = SHARE_WINDOW, wait_threshold: float = WAIT_THRESHOLD) -> None:
@@ -254,16 +253,42 @@ def limit_malloc_arenas() -> None:
     """Cap glibc's malloc arenas at MALLOC_ARENAS, unless MALLOC_ARENA_MAX is set (then glibc
     honours it); a no-op elsewhere (musl, other systems). Call before the threads start."""
     import ctypes
-    import ctypes.util
     import os
 
     if "MALLOC_ARENA_MAX" in os.environ:
         return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The process' own symbols, libc's among them; not ctypes.util.find_library, which runs
+        # ldconfig in a subprocess and leaves the subprocess and tempfile modules loaded (RSS).
+        libc = ctypes.CDLL(None)
         libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
     except (OSError, AttributeError):
         log.debug("no mallopt here: malloc arenas left as they are")
+
+
+class Collects(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class Registry:
+    """What `/metrics` renders: the families of each collector registered, in their order.
+
+    prometheus_client's CollectorRegistry without what the exporter does not use (describe(),
+    name clash checks, restricted views), so that the exporter does not load prometheus_client."""
+
+    def __init__(self) -> None:
+        self._collectors: list[Collects] = []
+        self._lock = threading.Lock()
+
+    def register(self, collector: Collects) -> None:
+        with self._lock:
+            self._collectors.append(collector)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:  # a copy: a scrape is not disturbed by a register() meanwhile
+            collectors = list(self._collectors)
+        for collector in collectors:
+            yield from collector.collect()
 
 
 class _Static:
@@ -276,20 +301,17 @@ class _Static:
         return iter(self.families)
 
 
-def build_registry(collector_set: CollectorSet, *, version: str) -> CollectorRegistry:
+def build_registry(collector_set: CollectorSet, *, version: str) -> Registry:
     """The registry `/metrics` renders: the collectors, the process' own metrics, build info.
 
     Called once by the exporter before its server starts: it also caps malloc arenas for the
     scrape and pool threads to come (limit_malloc_arenas)."""
     import platform
 
-    from prometheus_client import ProcessCollector
-    from prometheus_client.core import InfoMetricFamily
-
     limit_malloc_arenas()
-    registry = CollectorRegistry(auto_describe=False)
+    registry = Registry()
     registry.register(collector_set)
-    ProcessCollector(registry=registry)
+    registry.register(ProcessMetrics())
     build_info = InfoMetricFamily(
         metric_name("exporter_build"),
         "perfwatch exporter version and the Python it runs on.",

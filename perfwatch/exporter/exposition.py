@@ -11,20 +11,52 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, SupportsFloat
 
-from prometheus_client.core import Metric
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector as ClientCollector
+
+class Sample(Protocol):
+    """What is read of a sample: perfwatch's (common.families) or prometheus_client's."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def timestamp(self) -> SupportsFloat | None: ...
+
+
+class Family(Protocol):
+    """What is read of a family: perfwatch's or prometheus_client's."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def documentation(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def samples(self) -> Sequence[Sample]: ...
+
+
+class Source(Protocol):
+    """A registry, or anything else that yields families."""
+
+    def collect(self) -> Iterable[Family]: ...
+
 
 # OpenMetrics types as the classic text format names them, and the suffix the family name gets.
 _TEXT_TYPES = {"counter": ("_total", "counter"), "info": ("_info", "gauge"), "stateset": ("", "gauge"),
                "gaugehistogram": ("", "histogram"), "unknown": ("", "untyped")}
 # Samples that generate_latest moves into a gauge family of their own after their family.
 _OPENMETRICS_ONLY = ("_created", "_gsum", "_gcount")
+# Names written as they are; generate_latest writes `_` for each other character (below).
 _LEGACY_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LEGACY_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _valid_names: set[str] = set()
+_valid_label_names: set[str] = set()
 
 
 def format_value(value: float) -> str:
@@ -45,16 +77,24 @@ def _escape_label_value(value: str) -> str:
     return value
 
 
-def _plain(name: str) -> bool:
-    """True if `name` needs no escaping as a metric or label name (checked once per name)."""
-    if name in _valid_names:
+def _plain(name: str, pattern: re.Pattern[str] = _LEGACY_NAME, valid: set[str] = _valid_names) -> bool:
+    """True if `name` needs no escaping as a metric name (or a label name, with the label name's
+    `pattern` and set); checked once per name."""
+    if name in valid:
         return True
-    if _LEGACY_NAME.fullmatch(name):
-        if len(_valid_names) >= _CACHE_LIMIT:
-            _valid_names.clear()
-        _valid_names.add(name)
+    if pattern.fullmatch(name):
+        if len(valid) >= _CACHE_LIMIT:
+            valid.clear()
+        valid.add(name)
         return True
     return False
+
+
+def _escape_name(name: str, colon: bool = True) -> str:
+    """A metric name (a label name: `colon` False) as generate_latest escapes it, by default
+    ("underscores"): each character outside the legacy set becomes `_`."""
+    return "".join(c if "a" <= c <= "z" or "A" <= c <= "Z" or c == "_" or (c == ":" and colon)
+                   or ("0" <= c <= "9" and i > 0) else "_" for i, c in enumerate(name))
 
 
 # Per label-name tuple as a sample's dict holds them (the family's label order): the names
@@ -78,12 +118,13 @@ def _label_order(names: tuple[str, ...]) -> tuple[str, ...] | None:
     if order is _MISSING:
         if len(_label_orders) >= _CACHE_LIMIT:
             _label_orders.clear()
-        order = tuple(sorted(names)) if all(_plain(n) for n in names) else None
+        order = (tuple(sorted(names)) if all(_plain(n, _LEGACY_LABEL_NAME, _valid_label_names) for n in names)
+                 else None)
         _label_orders[names] = order
     return order  # type: ignore[no-any-return]
 
 
-def _header(family: Metric) -> tuple[str, str] | None:
+def _header(family: Family) -> tuple[str, str] | None:
     key = (family.name, family.type, family.documentation)
     header = _headers.get(key, _MISSING)
     if header is _MISSING:
@@ -100,15 +141,7 @@ def _header(family: Metric) -> tuple[str, str] | None:
     return header  # type: ignore[no-any-return]
 
 
-class _One:
-    def __init__(self, family: Metric) -> None:
-        self.family = family
-
-    def collect(self) -> Iterable[Metric]:
-        return [self.family]
-
-
-def _render_family(family: Metric, header: tuple[str, str], out: list[str]) -> bool:
+def _render_family(family: Family, header: tuple[str, str], out: list[str]) -> bool:
     """Append `family`'s text to `out`; False (and nothing appended) if a label name needs escaping."""
     lines = [header[0]]
     moved: dict[str, list[str]] = {}
@@ -147,17 +180,42 @@ def _render_family(family: Metric, header: tuple[str, str], out: list[str]) -> b
     return True
 
 
-def render_families(families: Iterable[Metric]) -> bytes:
+def _render_escaped(family: Family, out: list[str]) -> None:
+    """`family`, one of whose names needs escaping (rare: a UTF-8 name from a textfile), written
+    the slow way, each name escaped as generate_latest does."""
+    suffix, text_type = _TEXT_TYPES.get(family.type, ("", family.type))
+    documentation = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+    name = _escape_name(family.name + suffix)
+    out.append(f"# HELP {name} {documentation}\n# TYPE {name} {text_type}\n")
+    moved: dict[str, list[str]] = {}
+    for sample in family.samples:
+        pairs = ",".join([f'{_escape_name(k, colon=False)}="{_escape_label_value(v)}"'
+                          for k, v in sorted(sample.labels.items())])
+        line = f"{_escape_name(sample.name)}{{{pairs}}}" if pairs else _escape_name(sample.name)
+        line += f" {format_value(sample.value)}"
+        if sample.timestamp is not None:
+            line += f" {int(float(sample.timestamp) * 1000):d}"
+        extra = sample.name[len(family.name):] if sample.name.startswith(family.name) else ""
+        if extra in _OPENMETRICS_ONLY:
+            moved.setdefault(extra, []).append(line + "\n")
+        else:
+            out.append(line + "\n")
+    for extra, moved_lines in sorted(moved.items()):
+        name = _escape_name(family.name + extra)
+        out.append(f"# HELP {name} {documentation}\n# TYPE {name} gauge\n")
+        out.extend(moved_lines)
+
+
+def render_families(families: Iterable[Family]) -> bytes:
     """The text exposition format 0.0.4 of `families`, byte for byte what generate_latest writes."""
     out: list[str] = []
     for family in families:
         header = _header(family)
         if header is None or not _render_family(family, header, out):
-            # rare: leave the escaping of odd names to prometheus_client
-            out.append(generate_latest(_One(family)).decode())
+            _render_escaped(family, out)
     return "".join(out).encode()
 
 
-def render(registry: ClientCollector) -> bytes:
+def render(registry: Source) -> bytes:
     """What `/metrics` serves: every family of `registry` in the text format (generate_latest's bytes)."""
     return render_families(registry.collect())

@@ -38,11 +38,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from bench_exporter import cpu_seconds  # noqa: E402
-from prometheus_client.registry import CollectorRegistry  # noqa: E402
 from support.procs import free_port  # noqa: E402
 
 from perfwatch.common.config import from_mapping  # noqa: E402
 from perfwatch.exporter import perf_events as pe  # noqa: E402
+from perfwatch.exporter.collect import Registry  # noqa: E402
 from perfwatch.exporter.collectors.base import HostPaths  # noqa: E402
 from perfwatch.exporter.collectors.perf import PerfCollector, PerfOptions  # noqa: E402
 from perfwatch.exporter.exposition import render  # noqa: E402
@@ -68,7 +68,7 @@ def in_process(scrapes: int) -> tuple[list[float], list[float], int, float]:
     start = time.perf_counter()
     collector = PerfCollector(from_mapping(PerfOptions, {}, "collectors.perf"), HostPaths())
     opened = time.perf_counter() - start
-    registry = CollectorRegistry(auto_describe=False)
+    registry = Registry()
     registry.register(collector)
     render(registry)  # warm up imports and caches
     walls, cpus = [], []

@@ -25,7 +25,7 @@ without options of its own subclasses `Collector[NoOptions]`. None re-declares
 `__init__` to keep its options; what a collector computes once from them (compiled regexes,
 sysconf values, a worker thread) goes in `setup()`.
 
-`collect()` runs at scrape time and yields metric families (prometheus_client's). It may raise:
+`collect()` runs at scrape time and yields metric families (perfwatch.common.families). It may raise:
 the scrape marks the collector failed (`node_scrape_collector_success 0`) and answers with
 everything else. A collector that holds state across scrapes (perf deltas, open fds) keeps it
 on the instance and releases it in `close()`.
@@ -40,8 +40,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
-import psutil
-from prometheus_client.core import (
+from perfwatch.common.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
@@ -66,10 +65,6 @@ class HostPaths:
 
     def sys(self, *parts: str) -> str:
         return os.path.join(self.sysfs, *parts)
-
-    def apply_to_psutil(self) -> None:
-        # psutil reads /proc through this module-level setting; keep it in step with ours.
-        psutil.PROCFS_PATH = self.procfs
 
 
 @dataclasses.dataclass
@@ -164,13 +159,20 @@ def info(name: str, documentation: str, value: dict[str, str], *, namespace: str
     return InfoMetricFamily(metric_name(name, namespace), documentation, value=value)
 
 
+# The most one os.read() asks for; it allocates that much before reading. With 1 MiB, the first
+# buffers were mmap()ed, and glibc, seeing them freed, raised its mmap threshold to 1 MiB: from
+# then on large blocks came from the heap, which 8 concurrent scrapers left ~1 MiB larger for
+# good. 64 KiB stays under glibc's initial 128 KiB threshold and holds most /proc files at once.
+READ_CHUNK = 64 * 1024
+
+
 def read_bytes(path: str) -> bytes:
     # Plain os.read: half the cost of open()'s buffered text layer for a small /proc file, and
     # a scrape reads a few dozen of them. /proc files are read to EOF: one read may not hold all.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
-        while chunk := os.read(fd, 1 << 20):
+        while chunk := os.read(fd, READ_CHUNK):
             chunks.append(chunk)
     finally:
         os.close(fd)

@@ -7,9 +7,8 @@ import dataclasses
 import os
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
 from perfwatch.common.config import Regex
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, counter, gauge, parsing, read_text, register
 
 # Column order of the `cpuN` lines in /proc/stat (proc(5)). guest and guest_nice are already

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, gauge, read_text, register
 
 # node_exporter's metric → (help, file). Values are kHz. cpuinfo_cur_freq (the hardware's own

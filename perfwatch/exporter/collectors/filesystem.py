@@ -10,9 +10,8 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client.core import GaugeMetricFamily, Metric
-
 from perfwatch.common.config import Duration, Regex
+from perfwatch.common.families import GaugeMetricFamily, Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, gauge, read_text, register
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
+from perfwatch.common.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, counter, gauge, read_text, register
 
 _INVALID = re.compile(r"[^a-z0-9:_]")

@@ -14,9 +14,8 @@ import errno
 import os
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
 from perfwatch.common.config import Regex
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, counter, gauge, read_text, register
 
 STRINGS = ("address", "broadcast", "duplex", "ifalias", "operstate")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
 from perfwatch.common.config import Regex
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import Collector, parsing, read_text, register, untyped
 
 # node_exporter 1.5's default, unchanged in later releases.

@@ -7,8 +7,7 @@ import re
 import shlex
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, gauge, read_text, register
 
 # Label → os-release key, in node_exporter's label order.

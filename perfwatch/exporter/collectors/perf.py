@@ -10,9 +10,8 @@ import os
 import resource
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
 from perfwatch.common.config import ConfigError
+from perfwatch.common.families import Metric
 from perfwatch.exporter import perf_events as pe
 from perfwatch.exporter.collectors.base import Collector, HostPaths, counter, gauge, read_text, register
 

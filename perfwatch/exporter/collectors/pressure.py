@@ -5,8 +5,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import (
     NAMESPACE,
     NODE,

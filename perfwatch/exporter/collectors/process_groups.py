@@ -32,9 +32,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Literal
 
-from prometheus_client.core import Metric
-
 from perfwatch.common.config import ConfigError, Duration, Regex
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import Collector, counter, gauge, parsing, read_proc_file, register
 
 OTHER = "other"

@@ -8,8 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import (
     NODE,
     Collector,

@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, gauge, parsing, read_text, register
 
 # The fields node_exporter (procfs.NetSockstat) reads, in its order; others are ignored, as there.

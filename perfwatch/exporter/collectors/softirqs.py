@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, counter, parsing, read_text, register
 
 # The columns after the total, in the kernel's order (softirq_to_name[] in kernel/softirq.c);

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, counter, parsing, read_text, register
 
 MIN_COLUMNS = 9  # procfs' minimum: older kernels print 9 or 10 columns

@@ -36,8 +36,7 @@ import socket
 import struct
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, gauge, read_bytes, register
 
 log = logging.getLogger(__name__)

@@ -34,9 +34,8 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 
-from prometheus_client.core import Metric
-
-from perfwatch.exporter.collectors.base import Collector, register
+from perfwatch.common.families import Metric
+from perfwatch.exporter.collectors.base import READ_CHUNK, Collector, register
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +329,7 @@ def read_limited(path: str, limit: int | None = None) -> tuple[bytes, os.stat_re
         if not stat.S_ISREG(info.st_mode):
             raise OSError(f"{path} is not a regular file")
         chunks, size = [], 0
-        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
+        while chunk := os.read(fd, min(READ_CHUNK, limit + 1 - size)):
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:

@@ -12,8 +12,7 @@ import os
 import re
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, gauge, read_text, register
 
 _ZONE = re.compile(r"thermal_zone[0-9]")

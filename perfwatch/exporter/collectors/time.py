@@ -6,8 +6,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, gauge, read_text, register
 
 

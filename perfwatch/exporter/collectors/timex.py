@@ -13,12 +13,10 @@ freq, ppsfreq and stabil are ppm with a 16-bit fraction.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import Metric
-
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, counter, gauge, register
 
 TIME_ERROR = 5
@@ -42,7 +40,9 @@ class Timex(ctypes.Structure):
 
 
 def _libc_adjtimex() -> Callable[[Timex], int]:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # The process' own symbols, libc's among them: ctypes.util.find_library would run ldconfig in a
+    # subprocess and keep the subprocess and tempfile modules loaded (RSS).
+    libc = ctypes.CDLL(None, use_errno=True)
     function = libc.adjtimex
     function.argtypes = [ctypes.POINTER(Timex)]
     function.restype = _int

@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
-
 from perfwatch.common.config import Regex
+from perfwatch.common.families import Metric
 from perfwatch.exporter.collectors.base import Collector, parsing, read_text, register, untyped
 
 
