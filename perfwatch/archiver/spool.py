@@ -11,8 +11,11 @@ a stale head only means some batches are written twice, which the store ignores.
 at most every HEAD_EVERY seconds as the writer moves on (each rename cost the writer as much as an
 fsync), and at once when it moves back — a segment emptied for reuse, where a stale head would
 point into newer batches — when batches are dropped to make room, and at close. A segment is
-deleted once every batch in it is written. A torn last line (a crash mid-append) is cut off at
-start. A line that does not parse is moved to `rejected.jsonl` and skipped.
+deleted once every batch in it is written; the segment being appended to is emptied once it is
+all written and holds RECLAIM_BYTES or more (emptying it after every batch, with the head written
+at once each time, cost the writer more than the fsync of the append), or when an append fails
+(a full disk: the space its written batches hold is given back, and the append tried again). A torn last line (a crash
+mid-append) is cut off at start. A line that does not parse is moved to `rejected.jsonl` and skipped.
 
 Bounded by `max_bytes`: when an append would pass it, the oldest segments are dropped (logged,
 counted) — the newest data is the one still missing from the archive's recent end, and the
@@ -55,6 +58,9 @@ MAX_SEGMENT_BYTES = 8 << 20
 DEFAULT_MEMORY_BYTES = 16 << 20
 _CHUNK = 1 << 16
 HEAD_EVERY = 0.5  # seconds: how stale `head` may be while the writer moves it forward
+# The segment being appended to is emptied once all written and at least this large (or
+# segment_bytes, if smaller): written batches keep at most this much disk.
+RECLAIM_BYTES = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,14 @@ class _Segment:
     lines: int
 
 
+class SpoolNearlyFull(Exception):  # noqa: N818 - a state, not an error of the caller's
+    """The append would take the spool past the limit its caller gave (append's `below`)."""
+
+    def __init__(self, pending_bytes: int) -> None:
+        super().__init__(f"the spool holds {pending_bytes} bytes")
+        self.pending_bytes = pending_bytes
+
+
 class Spool:
     def __init__(self, directory: Path | str, max_bytes: int = DEFAULT_MAX_BYTES,
                  segment_bytes: int | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
@@ -91,6 +105,7 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or max(1, min(MAX_SEGMENT_BYTES, max_bytes // 4))
         self.memory_bytes = max(0, min(memory_bytes, max_bytes))  # 0: every batch is read back from disk
+        self.reclaim_bytes = min(RECLAIM_BYTES, self.segment_bytes)
         self.dropped_batches = 0  # dropped to stay within max_bytes (oldest first), or a failed append
         self.rejected_lines = 0  # batches set aside in rejected.jsonl (unparsable, or refused by the DB)
         self.read_back = 0  # batches peek read back from disk (not, or no longer, held in memory)
@@ -174,14 +189,18 @@ class Spool:
 
     # -- appending (scrape threads) --------------------------------------------------------------
 
-    def append(self, batch: Batch, line: bytes | None = None) -> bool:
+    def append(self, batch: Batch, line: bytes | None = None, *, below: int | None = None) -> bool:
         """Persist `batch` (fsync) at the end. False if it alone is larger than max_bytes.
 
         `line`: the batch's spool line (`batch.to_json()` and a newline, UTF-8) when the caller has
-        it already — a scrape worker encodes it beside the parse, off the archiver's own core."""
+        it already — a scrape worker encodes it beside the parse, off the archiver's own core.
+        `below`: raise SpoolNearlyFull rather than let the pending bytes pass it, checked under the
+        spool's lock (the receiver's high water: concurrent requests cannot overshoot it together)."""
         if line is None:
             line = (batch.to_json() + "\n").encode("utf-8")
         with self._lock:
+            if below is not None and len(line) <= self.max_bytes and self._pending_bytes() + len(line) > below:
+                raise SpoolNearlyFull(self._pending_bytes())
             if len(line) > self.max_bytes:
                 self.dropped_batches += 1
                 log.error("batch of %d samples from %s/%s is %d bytes, more than the spool's max_bytes %d: dropped",
@@ -190,24 +209,20 @@ class Spool:
             self._make_room(len(line))
             if not self._segments or self._segments[-1].size >= self.segment_bytes:
                 self._new_segment()
-            segment = self._segments[-1]
-            if self._writer is None:
-                self._writer = open(segment.path, "ab")  # noqa: SIM115 - kept open between appends
             try:
-                self._writer.write(line)
-                self._writer.flush()
-                os.fsync(self._writer.fileno())
+                self._write_line(line)
             except OSError:
-                # Disk full or failing: cut what part of the line got out, so the next append
-                # starts on a line boundary, and let the caller report the lost batch.
-                self.dropped_batches += 1
-                writer, self._writer = self._writer, None  # the next append opens the file afresh
-                with contextlib.suppress(OSError):
-                    # close() flushes what the disk refused once more, fails again and raises;
-                    # the file is closed all the same.
-                    writer.close()
-                os.truncate(segment.path, segment.size)
-                raise
+                # Disk full or failing. Written batches the segment still holds (it is emptied only
+                # at reclaim_bytes) may be the space wanted: give it back and try once more.
+                if not self._reclaim():
+                    self.dropped_batches += 1
+                    raise
+                try:
+                    self._write_line(line)
+                except OSError:
+                    self.dropped_batches += 1
+                    raise
+            segment = self._segments[-1]
             offset = segment.size
             segment.size += len(line)
             segment.lines += 1
@@ -216,6 +231,33 @@ class Spool:
                 self._memory_size += len(line)
             self._appended.notify_all()
         return True
+
+    def _write_line(self, line: bytes) -> None:
+        """Append `line` to the last segment, fsynced; on an error, cut what part of it got out, so
+        that the next append starts on a line boundary."""
+        segment = self._segments[-1]
+        if self._writer is None:
+            self._writer = open(segment.path, "ab")  # noqa: SIM115 - kept open between appends
+        try:
+            self._writer.write(line)
+            self._writer.flush()
+            os.fsync(self._writer.fileno())
+        except OSError:
+            writer, self._writer = self._writer, None  # the next append opens the file afresh
+            with contextlib.suppress(OSError):
+                # close() flushes what the disk refused once more, fails again and raises;
+                # the file is closed all the same.
+                writer.close()
+            os.truncate(segment.path, segment.size)
+            raise
+
+    def _reclaim(self) -> bool:
+        """Empty the last segment if all of it is written (whatever its size); True if it held any."""
+        if len(self._segments) != 1 or not 0 < self._segments[0].size <= self._head_offset:
+            return False
+        with contextlib.suppress(OSError):  # the append's error is the one to report
+            self._normalise_head(reclaim=True)
+        return self._segments[0].size == 0
 
     def _make_room(self, size: int) -> None:
         while self._segments and self._pending_bytes() + size > self.max_bytes:
@@ -342,15 +384,17 @@ class Spool:
     def _pending_bytes(self) -> int:
         return sum(s.size for s in self._segments) - self._head_offset
 
-    def _normalise_head(self) -> None:
+    def _normalise_head(self, reclaim: bool = False) -> None:
         """Delete finished segments other than the one being appended to, and empty that one once
-        it is all written: a segment smaller than the rotation size would otherwise keep its
-        written batches on disk until it filled up, and after a disk-full outage every later
-        append would fail on the space they hold."""
+        it is all written and holds reclaim_bytes (or `reclaim`: an append failed): a segment
+        smaller than the rotation size would otherwise keep its written batches on disk until it
+        filled up, and after a disk-full outage every later append would fail on the space they
+        hold."""
         self._forget_written()
         while len(self._segments) > 1 and self._head_offset >= self._segments[0].size:
             self._drop_first()
-        if len(self._segments) == 1 and 0 < self._segments[0].size <= self._head_offset:
+        if (len(self._segments) == 1 and 0 < self._segments[0].size <= self._head_offset
+                and (reclaim or self._segments[0].size >= self.reclaim_bytes)):
             segment = self._segments[0]
             # The append handle is O_APPEND: its next write lands at the new end, 0. A crash here at
             # worst replays what was written (the head names an offset past the end: read from 0).

@@ -35,6 +35,7 @@ import datetime as dt
 import json
 import logging
 import math
+import struct
 import time
 from typing import Any
 
@@ -42,7 +43,7 @@ import psycopg
 import sqlalchemy as sa
 
 from perfwatch.archiver import db
-from perfwatch.archiver.model import EPOCH, Batch, MetricMeta, Sample, SampleKind, datetime_to_ms, ms_to_datetime
+from perfwatch.archiver.model import Batch, MetricMeta, Sample, SampleKind, datetime_to_ms, ms_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,12 @@ MAX_AHEAD_MS = 3_600_000  # samples more than an hour ahead of this clock are ou
 # whole (as refused), so that one bad batch cannot hold the writer back.
 ISOLATION_BUDGET = 64
 REASONS = ("nan", "out_of_bounds", "expired", "unstorable", "refused")
-COPY_TYPES = ["int4", "timestamptz", "float8"]
+# The binary COPY stream of (int4 series_id, timestamptz, float8) rows, built whole (PostgreSQL's
+# binary COPY format: a signature, flags and header extension, rows, a trailer).
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_COPY_ROW = struct.Struct(">hiiiqid")  # 3 fields, each its length then its value
+_PG_EPOCH_MS = 946_684_800_000  # timestamptz counts microseconds from 2000-01-01 UTC
 BEGIN_WRITE: sa.Select[Any] = sa.select(sa.literal_column("*")).select_from(db.fn("begin_write").alias("f"))
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -330,13 +336,13 @@ class Store:
 
 
 def _copy_rows(cur: psycopg.Cursor[Any], statement: str, rows: list[tuple[int, int, float]]) -> None:
-    # Binary COPY: psycopg's C code packs the rows, the server parses no text, and a double
-    # travels as its 8 bytes (exact, infinities included).
-    stamps = {ms: EPOCH + dt.timedelta(milliseconds=ms) for ms in {r[1] for r in rows}}  # a scrape shares a few
+    # Binary COPY: the server parses no text, and a double travels as its 8 bytes (exact, infinities
+    # included). The stream is packed here, a struct call a row: psycopg's write_row, with a datetime
+    # a row, cost three times as much.
+    pack = _COPY_ROW.pack
+    data = b"".join([pack(3, 4, series_id, 8, (ms - _PG_EPOCH_MS) * 1000, 8, value) for series_id, ms, value in rows])
     with cur.copy(statement) as copy:
-        copy.set_types(COPY_TYPES)
-        for series_id, ms, value in rows:
-            copy.write_row((series_id, stamps[ms], value))
+        copy.write(_COPY_HEADER + data + _COPY_TRAILER)
 
 
 def _guess_kind(name: str) -> SampleKind:
