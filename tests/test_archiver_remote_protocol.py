@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,32 @@ def test_a_nearly_full_spool_answers_503_so_the_sender_retries(tmp_path: Path) -
     assert spool.dropped_batches == 0  # refused rather than dropping the oldest
     response = receiver.handle(post(body))
     assert response.status == 503 and response.headers["Retry-After"].isdigit()
+
+
+def test_concurrent_requests_cannot_overshoot_the_high_water_together(tmp_path: Path) -> None:
+    """The high-water check and the append are one step under the spool's lock: 8 senders at once
+    never take the spool past 90 % of max_bytes, so it never drops a batch it accepted."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 18)
+    receiver = RemoteWriteReceiver(spool, ArchiverMetrics(spool), ScrapeLimits(), 1 << 20)
+    bodies = [snappy(write_request(*(({"__name__": "x", "i": str(i), "s": str(n)}, [(1.0, 1)])
+                                     for i in range(300))).SerializeToString()) for n in range(8)]
+    statuses: list[int] = []
+    start = threading.Barrier(8)
+
+    def sender(body: bytes) -> None:
+        start.wait()
+        for _ in range(12):
+            statuses.append(receiver.handle(post(body)).status)
+
+    threads = [threading.Thread(target=sender, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(statuses) == 96 and set(statuses) == {204, 503}, statuses
+    assert spool.dropped_batches == 0
+    assert spool.stats().bytes <= 0.9 * spool.max_bytes
+    assert spool.stats().batches == statuses.count(204)
 
 
 # -- remote_read ---------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from perfwatch.archiver.parse import (
     sample_kind,
 )
 from perfwatch.archiver.selfmetrics import ArchiverMetrics
-from perfwatch.archiver.spool import Spool
+from perfwatch.archiver.spool import Spool, SpoolNearlyFull
 from perfwatch.common.httpserver import Request, Response
 
 log = logging.getLogger(__name__)
@@ -133,14 +133,13 @@ class RemoteWriteReceiver:
         self._learn(message.metadata)  # type: ignore[attr-defined]
         batch, refused = self._batch(message.timeseries)  # type: ignore[attr-defined]
         if batch.samples:
-            stats = self.spool.stats()
-            if stats.bytes > SPOOL_HIGH_WATER * self.spool.max_bytes:
-                self._note(f"answering remote_write with 503: the spool holds {stats.bytes} bytes, over "
+            try:
+                spooled = self.spool.append(batch, below=int(SPOOL_HIGH_WATER * self.spool.max_bytes))
+            except SpoolNearlyFull as full:
+                self._note(f"answering remote_write with 503: {full}, and this request would take it over "
                            f"{SPOOL_HIGH_WATER:.0%} of its max_bytes (is the database down?)")
                 return Response(503, b"the archiver's spool is nearly full; retry later\n",
                                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-            try:
-                spooled = self.spool.append(batch)
             except OSError as err:
                 log.error("cannot spool a remote_write request of %d samples (answered 503, the sender retries): %s",
                           len(batch.samples), err)
