@@ -3,8 +3,9 @@ and what both need lives in perfwatch.common, which imports neither. Checked on 
 import statement, top-level or not), so a late `from perfwatch.exporter import …` inside a
 function of the archiver is caught too.
 
-A running exporter loads none of the archiver's prometheus_client, and YAML and bcrypt only when
-its config asks for them (its RSS, issue 13): checked on a real exporter, after a scrape."""
+A running exporter loads none of the archiver's prometheus_client, and YAML, bcrypt and OpenSSL
+(ssl, hashlib) only when its config asks for them (its RSS, issue 13): checked on a real exporter,
+started by the entry point its console script runs, after a scrape."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from support.httpproc import bcrypt_hash
+from support.pki import PKI
 from support.procs import REPO, free_port
 
 import perfwatch
@@ -84,12 +86,12 @@ def test_the_check_catches_an_import_across_the_boundary(tmp_path: Path, where: 
 # Loaded by a running exporter only when its options need them (OPTIONAL), or never: the archiver's
 # and the tests' modules, and subprocess (ctypes.util.find_library's ldconfig would load it).
 NEVER_LOADED = ("prometheus_client", "psutil", "wsgiref", "urllib.request", "subprocess")
-OPTIONAL = ("yaml", "bcrypt")
+OPTIONAL = ("yaml", "bcrypt", "hashlib", "ssl")
 # Runs the exporter's main() with `argv`; a thread scrapes /metrics once, writes which of the
 # modules named on stdin are loaded, then stops the exporter as a signal would.
 EXPORTER_PROBE = """
 import json, os, signal, socket, sys, threading, time
-from perfwatch.exporter.cli import main
+from perfwatch.exporter.__main__ import main
 argv, watched = json.loads(sys.stdin.read())
 port = int(argv[argv.index("--listen") + 1].rpartition(":")[2])
 
@@ -133,4 +135,13 @@ def test_an_exporter_loads_yaml_for_its_config_and_bcrypt_for_basic_auth(tmp_pat
     config.write_text("collectors:\n  perf:\n    enabled: false\n")
     assert loaded_by_a_scraped_exporter("--config", str(config)) == ("200", ["yaml"])
     web.write_text(f"basic_auth_users:\n  p: '{bcrypt_hash('p')}'\n")
-    assert loaded_by_a_scraped_exporter("--web.config.file", str(web)) == ("200", ["yaml", "bcrypt"])
+    assert loaded_by_a_scraped_exporter("--web.config.file", str(web)) == ("200", ["yaml", "bcrypt", "hashlib"])
+
+
+def test_an_exporter_loads_ssl_for_tls_and_serves_it(tmp_path: Path) -> None:
+    """ssl hidden from http.client at start is imported for real once a web config turns TLS on: the
+    probe's plain-HTTP request gets the TLS port's 400 answer, so the handshake path is serving."""
+    pki = PKI(tmp_path)
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n")
+    assert loaded_by_a_scraped_exporter("--web.config.file", str(web)) == ("400", ["yaml", "ssl"])

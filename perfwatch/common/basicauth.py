@@ -9,8 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
-import hmac
+import functools
 import os
 import threading
 
@@ -44,13 +43,18 @@ class BasicAuth:
     def __init__(self, users: dict[str, str], max_entries: int = 1024) -> None:
         self._users = {name: hashed.encode() for name, hashed in users.items()}
         cost = max(int(h[4:6]) for h in self._users.values())
-        import bcrypt  # here, not at the top: only a web config with basic_auth_users needs it (RSS)
+        # Here, not at the top: only a web config with basic_auth_users needs them (RSS; hashlib
+        # loads OpenSSL's libcrypto).
+        import hashlib
+        import hmac
+
+        import bcrypt
 
         # A well-formed hash of the highest cost that matches no password: take a cheap real one
         # and raise its cost field (computing it at cost 12 would add 250 ms to start-up).
         cheap = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(rounds=4))
         self._dummy = cheap[:4] + b"%02d" % cost + cheap[6:]
-        self._key = os.urandom(32)
+        self._hmac = functools.partial(hmac.new, os.urandom(32), digestmod=hashlib.sha256)
         self._verified: set[bytes] = set()
         self.max_entries = max_entries
         self._cache_lock = threading.Lock()
@@ -71,7 +75,7 @@ class BasicAuth:
             return AuthResult(False, reason="malformed basic credentials", kind="malformed")
         if not colon:
             return AuthResult(False, user, "malformed basic credentials (no ':')", "malformed")
-        digest = hmac.new(self._key, user_bytes + b":" + password, hashlib.sha256).digest()
+        digest = self._hmac(user_bytes + b":" + password).digest()
         if self._cached(digest):
             return AuthResult(True, user)
         stored = self._users.get(user)

@@ -37,18 +37,20 @@ import re
 import resource
 import selectors
 import socket
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from perfwatch.common.config import ConfigError, format_duration
 from perfwatch.common.httpmetrics import ACCEPT_RESOURCE_ERRORS, LOG_INTERVAL, HTTPMetrics, LogLimiter
 from perfwatch.common.webconfig import WebConfig
+
+if TYPE_CHECKING:  # ssl itself is imported where a web config turns TLS on (tls.py)
+    import ssl
 
 log = logging.getLogger(__name__)
 

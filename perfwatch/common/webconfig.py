@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import ssl
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from perfwatch.common.basicauth import BasicAuth
 from perfwatch.common.config import ConfigError, from_mapping, join_key, load_yaml
 from perfwatch.common.tls import TLS12_CIPHERS, TLS13_CIPHERS, TLS_VERSIONS, ssl_context
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
+else:  # ssl loads OpenSSL: imported only for a TLS config (tls.py); from_mapping reads this type
+    SSLContext = object
 
 ClientAuthType = Literal["", "NoClientCert", "RequestClientCert", "RequireAnyClientCert", "RequireClientCert",
                          "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
@@ -66,7 +70,8 @@ class TLSServerConfig:
             if getattr(self, name) not in TLS_VERSIONS:
                 raise ConfigError(join_key(key, name), f"{getattr(self, name)} is insecure and not supported; "
                                   "use TLS12 or TLS13")
-        if TLS_VERSIONS[self.min_version] > TLS_VERSIONS[self.max_version]:
+        versions = list(TLS_VERSIONS)  # oldest first
+        if versions.index(self.min_version) > versions.index(self.max_version):
             raise ConfigError(join_key(key, "max_version"), f"{self.max_version} is below min_version "
                               f"{self.min_version}")
         for i, name in enumerate(self.cipher_suites):
@@ -124,7 +129,7 @@ class WebConfig:
     tls_server_config: TLSServerConfig = dataclasses.field(default_factory=TLSServerConfig)
     http_server_config: HTTPServerConfig = dataclasses.field(default_factory=HTTPServerConfig)
     basic_auth_users: dict[str, str] = dataclasses.field(default_factory=dict)
-    ssl_context: ssl.SSLContext | None = dataclasses.field(default=None, init=False)
+    ssl_context: SSLContext | None = dataclasses.field(default=None, init=False)
     auth: BasicAuth | None = dataclasses.field(default=None, init=False)
 
     @property
