@@ -9,7 +9,7 @@ snmp6 is one "Ip6InOctets value" per line, the protocol being the name up to its
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from perfwatch.common.config import Regex
 from perfwatch.common.families import Metric
@@ -28,24 +28,70 @@ class NetstatOptions:
         "help": "Which <Protocol>_<Field> to expose (node_exporter's --collector.netstat.fields default)."})
 
 
-def parse_pairs(text: str, stats: dict[str, dict[str, str]]) -> None:
+# A field: its protocol and name ("TcpExt", "ListenDrops"), or None where `fields` leaves it out.
+Field = tuple[str, str] | None
+
+
+def parse_pairs(text: str, fields_of: dict[str, list[Field]], found: dict[tuple[str, str], str]) -> None:
+    """The selected values of a netstat or snmp text into `found`. `fields_of` maps a names line
+    to its fields: the kernel writes the same names lines at every scrape, so each is split and
+    matched against the regex once (`fields_of` is filled by the caller's `select`)."""
     lines = text.splitlines()
     for names_line, values_line in zip(lines[::2], lines[1::2], strict=False):
-        names, values = names_line.split(" "), values_line.split(" ")
-        protocol = names[0][:-1]  # "TcpExt:"
-        if len(names) != len(values):
-            raise ValueError(f"field count mismatch for {protocol}")
-        stats[protocol] = dict(zip(names[1:], values[1:], strict=True))
+        fields = fields_of[names_line]
+        values = values_line.split(" ")
+        if len(values) != len(fields):
+            raise ValueError(f"field count mismatch for {values[0][:-1]}")
+        for field, value in zip(fields, values, strict=True):
+            if field is not None:
+                found[field] = value
 
 
-def parse_snmp6(text: str, stats: dict[str, dict[str, str]]) -> None:
+def parse_snmp6(text: str, field_of: dict[str, Field], found: dict[tuple[str, str], str]) -> None:
+    """The selected values of an snmp6 text ("Ip6InOctets value" lines) into `found`."""
     for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 2:
+        parts = line.split(None, 1)
+        if len(parts) < 2:
             continue
-        six = fields[0].find("6")
-        if six >= 0:
-            stats.setdefault(fields[0][:six + 1], {})[fields[0][six + 1:]] = fields[1]
+        field = field_of[parts[0]]
+        if field is not None:
+            found[field] = parts[1].strip()
+
+
+class _Selection(dict[str, list[Field]]):
+    """names line → its fields, each selected by the regex or None; computed on first sight."""
+
+    def __init__(self, select: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.select = select
+
+    def __missing__(self, names_line: str) -> list[Field]:
+        names = names_line.split(" ")
+        protocol = names[0][:-1]  # "TcpExt:"
+        fields: list[Field] = [None]  # the values line starts with the protocol too
+        fields += [(protocol, name) if self.select(f"{protocol}_{name}") else None for name in names[1:]]
+        if len(self) >= 1000:  # bounded: a kernel has a dozen names lines
+            self.clear()
+        self[names_line] = fields
+        return fields
+
+
+class _Snmp6Selection(dict[str, Field]):
+    """snmp6 name ("Ip6InOctets") → its protocol and field ("Ip6", "InOctets"), or None."""
+
+    def __init__(self, select: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.select = select
+
+    def __missing__(self, name: str) -> Field:
+        six = name.find("6")
+        field = (name[:six + 1], name[six + 1:]) if six >= 0 and name[six + 1:] else None
+        if field is not None and not self.select(f"{field[0]}_{field[1]}"):
+            field = None
+        if len(self) >= 10_000:
+            self.clear()
+        self[name] = field
+        return field
 
 
 @register
@@ -56,27 +102,26 @@ class NetstatCollector(Collector[NetstatOptions]):
 
     def setup(self) -> None:
         # node_exporter's regex is not anchored by itself (its default carries ^...$); Regex anchors.
-        self.fields = self.options.fields.compiled
-        self.selected: dict[str, bool] = {}  # key → matches: the same few hundred keys at every scrape
+        fields = self.options.fields.compiled
+
+        def select(key: str) -> bool:
+            return fields.match(key) is not None
+
+        self.pairs = _Selection(select)
+        self.snmp6 = _Snmp6Selection(select)
 
     def collect(self) -> Iterator[Metric]:
-        stats: dict[str, dict[str, str]] = {}
+        found: dict[tuple[str, str], str] = {}
         for filename in ("netstat", "snmp"):
             path = self.paths.proc("net", filename)
             with parsing(path):
-                parse_pairs(read_text(path), stats)
+                parse_pairs(read_text(path), self.pairs, found)
         path = self.paths.proc("net", "snmp6")
         try:
             text = read_text(path)
         except FileNotFoundError:  # IPv6 disabled
             text = ""
         with parsing(path):
-            parse_snmp6(text, stats)
-            for protocol, fields in sorted(stats.items()):
-                for field, value in sorted(fields.items()):
-                    key = f"{protocol}_{field}"
-                    selected = self.selected.get(key)
-                    if selected is None:
-                        selected = self.selected[key] = self.fields.match(key) is not None
-                    if selected:
-                        yield untyped(f"netstat_{key}", f"Statistic {protocol}{field}.", float(value))
+            parse_snmp6(text, self.snmp6, found)
+            for (protocol, field), value in sorted(found.items()):
+                yield untyped(f"netstat_{protocol}_{field}", f"Statistic {protocol}{field}.", float(value))
