@@ -90,7 +90,7 @@ OPTIONAL = ("yaml", "bcrypt", "hashlib", "ssl")
 # Runs the exporter's main() with `argv`; a thread scrapes /metrics once, writes which of the
 # modules named on stdin are loaded, then stops the exporter as a signal would.
 EXPORTER_PROBE = """
-import json, os, signal, socket, sys, threading, time
+import gc, json, os, signal, socket, sys, threading, time
 from perfwatch.exporter.__main__ import main
 argv, watched = json.loads(sys.stdin.read())
 port = int(argv[argv.index("--listen") + 1].rpartition(":")[2])
@@ -108,7 +108,8 @@ def scrape():
     while chunk := sock.recv(65536):
         answer += chunk
     status = answer.split(b" ", 2)[1].decode()
-    print(json.dumps([status, [m for m in watched if m in sys.modules]]), file=sys.stderr)
+    gc_state = [gc.get_threshold()[0], gc.get_freeze_count()]
+    print(json.dumps([status, [m for m in watched if m in sys.modules], gc_state]), file=sys.stderr)
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=scrape, daemon=True).start()
@@ -116,14 +117,28 @@ sys.exit(main(argv))
 """
 
 
-def loaded_by_a_scraped_exporter(*args: str) -> tuple[str, list[str]]:
-    """The status of a scrape of an exporter started with `args`, and which watched modules it loaded."""
+def probe(*args: str) -> tuple[str, list[str], list[int]]:
+    """The status of a scrape of an exporter started with `args`, which watched modules it loaded,
+    and its gc's first threshold and frozen object count."""
     argv = ["--listen", f"127.0.0.1:{free_port()}", "--log-level", "warning", *args]
     result = subprocess.run([sys.executable, "-c", EXPORTER_PROBE], input=json.dumps([argv, NEVER_LOADED + OPTIONAL]),
                             capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr
-    status, loaded = json.loads(result.stderr.strip().splitlines()[-1])
+    status, loaded, gc_state = json.loads(result.stderr.strip().splitlines()[-1])
+    return status, loaded, gc_state
+
+
+def loaded_by_a_scraped_exporter(*args: str) -> tuple[str, list[str]]:
+    status, loaded, _ = probe(*args)
     return status, loaded
+
+
+def test_a_started_exporter_freezes_what_start_up_made_and_raises_the_gc_threshold() -> None:
+    from perfwatch.exporter.collect import GC_FIRST_GENERATION
+
+    status, _, (threshold, frozen) = probe()
+    assert (status, threshold) == ("200", GC_FIRST_GENERATION)
+    assert frozen > 10_000  # the modules' functions, classes and dicts, and the collectors
 
 
 def test_an_exporter_without_config_loads_no_module_it_does_not_need() -> None:

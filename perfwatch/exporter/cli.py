@@ -15,7 +15,7 @@ from perfwatch.common.httpserver import WebServer, metrics_handler, service_rout
 from perfwatch.common.lifecycle import add_web_arguments, serve
 from perfwatch.common.logs import LEVELS, setup_logging
 from perfwatch.common.webconfig import load_web_config
-from perfwatch.exporter.collect import CollectorSet, build_registry
+from perfwatch.exporter.collect import CollectorSet, build_registry, tune_garbage_collector
 from perfwatch.exporter.collectors import REGISTRY, Collector
 from perfwatch.exporter.exposition import render
 from perfwatch.exporter.settings import DEFAULT_PORT, load_settings
@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if web_config is not None:
             log.info("web config %s: %s", args.web_config, web_config.describe())
         log.info("collectors enabled: %s; disabled: %s", ", ".join(enabled) or "none", ", ".join(disabled) or "none")
+        tune_garbage_collector()  # start-up is done: what it made stays
         return True
 
     level = settings.log_level

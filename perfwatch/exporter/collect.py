@@ -266,6 +266,25 @@ def limit_malloc_arenas() -> None:
         log.debug("no mallopt here: malloc arenas left as they are")
 
 
+# gc's first-generation threshold (CPython's default is 700). A scrape holds 2,000-4,000 container
+# objects (samples, label dicts, lines) until its answer is written, so at 700 the collector ran
+# about twice per scrape over them, and every sixth scrape its second generation: 4 % of a
+# scrape's CPU (perf, this VM). Nearly all of them are freed by reference counting when the
+# answer is sent, so with this threshold a collection runs only when objects accumulate.
+GC_FIRST_GENERATION = 20_000
+
+
+def tune_garbage_collector() -> None:
+    """Move what exists at start (modules, collectors, caches) out of gc's reach (gc.freeze) and
+    raise its first threshold to GC_FIRST_GENERATION. Call once, when start-up is done."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_FIRST_GENERATION, second, third)
+
+
 class Collects(Protocol):
     def collect(self) -> Iterable[Metric]: ...
 
