@@ -19,7 +19,7 @@ from support.node_exporter import scrape_once
 
 from perfwatch.common.config import from_mapping
 from perfwatch.exporter.collectors import load_all
-from perfwatch.exporter.collectors.base import HostPaths
+from perfwatch.exporter.collectors.base import Directory, HostPaths, read_text
 from perfwatch.exporter.collectors.timex import Timex, TimexCollector
 from perfwatch.exporter.exposition import render_families
 
@@ -154,6 +154,29 @@ def test_netclass_fake_tree(tmp_path: Path) -> None:
     assert types(text)["node_network_mtu_bytes"] == ("gauge", "Network device property: mtu_bytes")
     text = scrape("netclass", root, ignored_devices="veth.*", ignore_invalid_speed=True)
     assert values(text, "node_network_up") == {labels(device="eth0"): 1}
+
+
+def test_directory_reads_relative_to_itself_and_names_the_full_path_in_errors(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "mtu").write_text("1500\n")
+    (tmp_path / "file").write_text("x")
+    with Directory(str(tmp_path / "dev")) as files:
+        assert files.read_text("mtu") == files.read_attribute("mtu") == "1500\n"
+        for read in (files.read_text, files.read_attribute):
+            with pytest.raises(FileNotFoundError) as raised:
+                read("speed")
+            assert raised.value.filename == str(tmp_path / "dev" / "speed")
+    with pytest.raises(NotADirectoryError):
+        Directory(str(tmp_path / "file"))
+
+
+def test_directory_reads_this_hosts_sysfs_attributes_whole() -> None:
+    """One read of a real sysfs attribute gives what reading it to its end by full path gives."""
+    for device in sorted(os.listdir("/sys/class/net")):
+        path = f"/sys/class/net/{device}"
+        with Directory(path) as files:
+            for name in ("address", "mtu", "operstate", "flags", "type", "uevent"):
+                assert files.read_attribute(name) == read_text(f"{path}/{name}") != ""
 
 
 # --- softnet, conntrack, arp, entropy, schedstat --------------------------------------------------

@@ -15,8 +15,8 @@ import os
 from collections.abc import Iterator
 
 from perfwatch.common.config import Regex
-from perfwatch.common.families import Metric
-from perfwatch.exporter.collectors.base import NODE, Collector, counter, gauge, read_text, register
+from perfwatch.common.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from perfwatch.exporter.collectors.base import NODE, Collector, Directory, counter, gauge, register
 
 STRINGS = ("address", "broadcast", "duplex", "ifalias", "operstate")
 # metric suffix → (sysfs file, counter?) in node_exporter's order
@@ -51,9 +51,9 @@ class NetclassOptions:
         "help": "Leave out node_network_speed_bytes where the speed is unknown (-1)."})
 
 
-def _read(path: str) -> str | None:
+def _read(directory: Directory, name: str) -> str | None:
     try:
-        return read_text(path).strip()
+        return directory.read_attribute(name).strip()
     except OSError as err:
         if err.errno in _SKIPPED:
             return None
@@ -84,24 +84,32 @@ class NetclassCollector(Collector[NetclassOptions]):
             for name, _, is_counter in NUMBERS
         }
         for device in sorted(os.listdir(directory)):
-            path = os.path.join(directory, device)
-            if not os.path.isdir(path) or self.ignored.match(device):  # a bonding_masters file
+            if self.ignored.match(device):
                 continue
-            strings = {name: _read(os.path.join(path, name)) or "" for name in STRINGS}
-            up.add_metric([device], 1.0 if strings["operstate"] == "up" else 0.0)
-            info.add_metric([device, *(strings[name] for name in STRINGS)], 1.0)
-            for name, filename, _ in NUMBERS:
-                text = _read(os.path.join(path, filename))
-                if text is None:
-                    continue
-                try:
-                    value = _number(text)
-                except ValueError:
-                    raise ValueError(f"cannot parse {os.path.join(path, filename)}: {text!r}") from None
-                if name == "speed_bytes":
-                    if value < 0 and self.options.ignore_invalid_speed:
-                        continue
-                    value = value * 1000 * 1000 // 8 if value >= 0 else -(-value * 1000 * 1000 // 8)
-                families[name].add_metric([device], float(value))
+            try:
+                files = Directory(os.path.join(directory, device))
+            except (NotADirectoryError, FileNotFoundError):  # a bonding_masters file; gone meanwhile
+                continue
+            with files:
+                self.add_device(device, files, up, info, families)
         # node_exporter writes no HELP/TYPE for a family without samples (carrier of no device)
         yield from (family for family in (up, info, *families.values()) if family.samples)
+
+    def add_device(self, device: str, files: Directory, up: GaugeMetricFamily, info: GaugeMetricFamily,
+                   families: dict[str, GaugeMetricFamily | CounterMetricFamily]) -> None:
+        strings = {name: _read(files, name) or "" for name in STRINGS}
+        up.add_metric([device], 1.0 if strings["operstate"] == "up" else 0.0)
+        info.add_metric([device, *(strings[name] for name in STRINGS)], 1.0)
+        for name, filename, _ in NUMBERS:
+            text = _read(files, filename)
+            if text is None:
+                continue
+            try:
+                value = _number(text)
+            except ValueError:
+                raise ValueError(f"cannot parse {os.path.join(files.path, filename)}: {text!r}") from None
+            if name == "speed_bytes":
+                if value < 0 and self.options.ignore_invalid_speed:
+                    continue
+                value = value * 1000 * 1000 // 8 if value >= 0 else -(-value * 1000 * 1000 // 8)
+            families[name].add_metric([device], float(value))
