@@ -150,6 +150,41 @@ def test_collectors_that_only_compute_stay_in_the_requests_thread() -> None:
     assert collectors.waiting == {"waits"}
 
 
+def test_waits_are_learnt_only_from_collections_no_other_scrape_arrived_during() -> None:
+    """A scrape that joins a collection may hold the GIL meanwhile, which the collector's wall
+    time counts as waiting: 8 concurrent scrapers moved CPU-bound collectors to the pool for good."""
+    slow = Slow()
+    collectors = CollectorSet([slow])
+    try:
+        first = threading.Thread(target=lambda: list(collectors.collect()))
+        first.start()
+        assert slow.entered.wait(10)
+        joiner = threading.Thread(target=lambda: list(collectors.collect()))
+        joiner.start()
+        deadline = time.monotonic() + 10
+        while not collectors._shared.joined() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)  # the collector's "wait": 50 times the threshold
+        slow.release.set()
+        first.join(10)
+        joiner.join(10)
+        assert collectors.collections == 1 and collectors.waiting == set()
+        slow.entered.clear()
+        list(collectors.collect())  # alone: the same wait is learnt (released already: ~0 ms)
+        assert collectors.waiting == set()
+        slow.release.clear()
+        alone = threading.Thread(target=lambda: list(collectors.collect()))
+        alone.start()
+        assert slow.entered.wait(10)
+        time.sleep(0.05)
+        slow.release.set()
+        alone.join(10)
+        assert collectors.waiting == {"slow"}
+    finally:
+        slow.release.set()
+        collectors.close()
+
+
 def test_a_collector_that_raises_on_the_pool_is_marked_0_and_the_rest_answer() -> None:
     broken, fine, other = Sleepy("broken", 0.05, fail=True), Sleepy("fine", 0.05), Sleepy("other", 0.0)
     collectors = CollectorSet([broken, fine, other])

@@ -16,8 +16,9 @@ Two things make a scrape cheaper than running the collectors one after the other
   /proc (CPU time, user or kernel, which the GIL and two cores would serialise anyway) stay in
   the request's thread: measured on this 2-vCPU VM, handing every collector that took over
   0.3 ms to the pool made the scrape 14 % slower and 15 % more expensive (GIL hand-offs, thread
-  wake-ups). Every collector runs in the request's thread until it is found to wait, where the
-  wait is measured without other threads' GIL time in it.
+  wake-ups). Every collector runs in the request's thread until it is found to wait, learnt
+  only from collections during which no other scrape arrived: their threads' hold on the GIL
+  would read as waiting.
 - **Shared collections.** A scrape that arrives while a collection is in progress, and no more
   than `share_window` (0.2 s) after it started, waits for it and gets its families: N scrapers
   that arrive together cost one collection, not N. A scrape that arrives later than that waits
@@ -64,11 +65,12 @@ T = TypeVar("T")
 class _Run(Generic[T]):
     """One run of the shared function: when it started, and its result once done."""
 
-    __slots__ = ("done", "error", "started", "value")
+    __slots__ = ("done", "error", "joined", "started", "value")
 
     def __init__(self, started: float) -> None:
         self.started = started
         self.done = False
+        self.joined = False  # another caller arrived while it ran
         self.value: T | None = None
         self.error: BaseException | None = None
 
@@ -95,6 +97,7 @@ class SharedCall(Generic[T]):
         arrival = self.clock()
         with self._cond:
             while (run := self._run) is not None:
+                run.joined = True
                 if arrival - run.started <= self.window:
                     while not run.done:
                         self._cond.wait()
@@ -117,6 +120,11 @@ class SharedCall(Generic[T]):
                 self._cond.notify_all()
         return value
 
+    def joined(self) -> bool:
+        """From inside `produce`: whether another caller has arrived during this call so far."""
+        with self._cond:
+            return self._run is not None and self._run.joined
+
 
 class CollectorSet:
     """The registry's collector that runs perfwatch's collectors at every scrape."""
@@ -131,6 +139,7 @@ class CollectorSet:
         # Smoothed wait per collector, from its runs in the request's thread; the ones that wait.
         self._wait: dict[str, float] = {}
         self.waiting: set[str] = set()
+        self._waits: list[tuple[str, float]] = []  # this collection's (collector, wait), in the request's thread
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None  # started at the first collection that needs it
         self._shared = SharedCall(self._collect_all, share_window)
@@ -159,6 +168,12 @@ class CollectorSet:
             for collector in late:
                 collector.expose_after(exposed)
             done.update(zip(map(id, late), self._run_all(late), strict=True))
+            # A wait measured while other scrapes arrived may be time spent waiting for the GIL
+            # their threads held, not for the kernel: 8 scrapers arriving together moved
+            # arp, conntrack and cpu to the pool for good, and every later scrape paid for it.
+            if not self._shared.joined():
+                self._learn_waits()
+            self._waits.clear()
             for collector in self.collectors:
                 families, seconds = done[id(collector)]
                 duration.add_metric([collector.name], seconds)
@@ -183,19 +198,23 @@ class CollectorSet:
                 continue
             families, seconds, waited = self._timed(collector)
             results[i] = (families, seconds)
-            # From 0: a first run's one-time waits (a helper thread starting, cold caches) count
-            # for a fifth, so they alone do not move a collector; a real wait of 5 ms or more does.
-            smoothed = self._wait.get(collector.name, 0.0)
-            smoothed += SMOOTHING * (waited - smoothed)
-            self._wait[collector.name] = smoothed
-            if smoothed >= self.wait_threshold:
-                log.info("collector %s waits (%.1f ms a run): it runs on its own thread from now on",
-                         collector.name, smoothed * 1000)
-                self.waiting.add(collector.name)
+            self._waits.append((collector.name, waited))
         for i, future in pending:
             families, seconds, _ = future.result()
             results[i] = (families, seconds)
         return results
+
+    def _learn_waits(self) -> None:
+        for name, waited in self._waits:
+            # From 0: a first run's one-time waits (a helper thread starting, cold caches) count
+            # for a fifth, so they alone do not move a collector; a real wait of 5 ms or more does.
+            smoothed = self._wait.get(name, 0.0)
+            smoothed += SMOOTHING * (waited - smoothed)
+            self._wait[name] = smoothed
+            if smoothed >= self.wait_threshold and name not in self.waiting:
+                log.info("collector %s waits (%.1f ms a run): it runs on its own thread from now on",
+                         name, smoothed * 1000)
+                self.waiting.add(name)
 
     def _timed(self, collector: Collector[Any]) -> tuple[list[Metric] | None, float, float]:
         """The collector's families (None: it failed), its wall time, and its wait: the part of the
