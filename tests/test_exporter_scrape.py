@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 from perfwatch.common.families import Metric
-from perfwatch.exporter.collect import CollectorSet, SharedCall
+from perfwatch.exporter.collect import WAIT_STREAK, CollectorSet, SharedCall
 from perfwatch.exporter.collectors.base import Collector, HostPaths, NoOptions, gauge
 from perfwatch.exporter.exposition import render_families
 
@@ -111,7 +111,8 @@ def test_collectors_that_wait_overlap_and_the_scrape_takes_the_slowest_not_the_s
     quick = Sleepy("quick", 0.0)
     collectors = CollectorSet([*slow, quick], workers=3)
     try:
-        list(collectors.collect())  # the first scrape, in the request's thread, measures the waits
+        for _ in range(WAIT_STREAK):  # the first scrapes, in the request's thread, measure the waits
+            list(collectors.collect())
         assert collectors.waiting == {"slow0", "slow1", "slow2"}
         for _ in range(2):
             start = time.monotonic()
@@ -172,24 +173,84 @@ def test_waits_are_learnt_only_from_collections_no_other_scrape_arrived_during()
         slow.entered.clear()
         list(collectors.collect())  # alone: the same wait is learnt (released already: ~0 ms)
         assert collectors.waiting == set()
-        slow.release.clear()
-        alone = threading.Thread(target=lambda: list(collectors.collect()))
-        alone.start()
-        assert slow.entered.wait(10)
-        time.sleep(0.05)
-        slow.release.set()
-        alone.join(10)
+        for run in range(WAIT_STREAK):  # alone, sleeping in each run: learnt
+            assert collectors.waiting == set(), run
+            slow.entered.clear()
+            slow.release.clear()
+            alone = threading.Thread(target=lambda: list(collectors.collect()))
+            alone.start()
+            assert slow.entered.wait(10)
+            time.sleep(0.05)
+            slow.release.set()
+            alone.join(10)
         assert collectors.waiting == {"slow"}
     finally:
         slow.release.set()
         collectors.close()
 
 
+def test_a_collector_preempted_by_other_processes_is_not_taken_for_one_that_waits() -> None:
+    """Time runnable but not running (other processes on its CPU, or the hypervisor's steal) is
+    not a wait of the collector's own: without a sleep it stays in the request's thread."""
+    import multiprocessing
+    import os
+
+    def spin(seconds: float) -> Iterator[Metric]:
+        end = time.monotonic() + seconds  # wall time: most of it preempted by the hogs
+        while time.monotonic() < end:
+            pass
+        yield gauge("spin", "Test.", 1)
+
+    spinner = Sleepy("spinner", 0.0)
+    spinner.collect = lambda: spin(0.05)  # type: ignore[method-assign]
+    sleeper = Sleepy("sleeper", 0.02)
+    collectors = CollectorSet([spinner, sleeper])
+    cpu = min(os.sched_getaffinity(0))
+    saved = os.sched_getaffinity(0)
+    context = multiprocessing.get_context("fork")
+    hogs = [context.Process(target=_hog, args=(cpu,), daemon=True) for _ in range(2)]
+    try:
+        for hog in hogs:
+            hog.start()
+        os.sched_setaffinity(0, {cpu})  # the hogs' CPU: the spinner gets a third of it
+        time.sleep(0.1)
+        for _ in range(4):
+            list(collectors.collect())
+    finally:
+        os.sched_setaffinity(0, saved)
+        for hog in hogs:
+            hog.terminate()
+            hog.join(10)
+        collectors.close()
+    assert collectors.waiting == {"sleeper"}
+
+
+def _hog(cpu: int) -> None:
+    import os
+
+    os.sched_setaffinity(0, {cpu})
+    while True:
+        pass
+
+
+def test_a_collector_that_sleeps_once_in_a_while_stays_in_the_requests_thread() -> None:
+    once = Sleepy("once", 0.0)
+    collectors = CollectorSet([once])
+    try:
+        for run in range(4 * WAIT_STREAK):
+            once.seconds = 0.05 if run % WAIT_STREAK == 0 else 0.0  # one run in WAIT_STREAK sleeps 50 ms
+            list(collectors.collect())
+    finally:
+        collectors.close()
+    assert collectors.waiting == set()
+
+
 def test_a_collector_that_raises_on_the_pool_is_marked_0_and_the_rest_answer() -> None:
     broken, fine, other = Sleepy("broken", 0.05, fail=True), Sleepy("fine", 0.05), Sleepy("other", 0.0)
     collectors = CollectorSet([broken, fine, other])
     try:
-        list(collectors.collect())  # learns which wait
+        for _ in range(WAIT_STREAK):  # learns which wait
+            list(collectors.collect())
         assert collectors.waiting == {"broken", "fine"}
         families = {f.name: f for f in collectors.collect()}
     finally:

@@ -16,9 +16,9 @@ Two things make a scrape cheaper than running the collectors one after the other
   /proc (CPU time, user or kernel, which the GIL and two cores would serialise anyway) stay in
   the request's thread: measured on this 2-vCPU VM, handing every collector that took over
   0.3 ms to the pool made the scrape 14 % slower and 15 % more expensive (GIL hand-offs, thread
-  wake-ups). Every collector runs in the request's thread until it is found to wait, learnt
-  only from collections during which no other scrape arrived: their threads' hold on the GIL
-  would read as waiting.
+  wake-ups). Every collector runs in the request's thread until it is found to wait: it slept
+  (a voluntary context switch) for longer than it ran, in a run while no pool thread was busy and
+  in a collection no other scrape joined (other threads' hold on the GIL reads as sleeping too).
 - **Shared collections.** A scrape that arrives while a collection is in progress, and no more
   than `share_window` (0.2 s) after it started, waits for it and gets its families: N scrapers
   that arrive together cost one collection, not N. A scrape that arrives later than that waits
@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from resource import RUSAGE_THREAD, getrusage
 from typing import Any, Generic, Protocol, TypeVar
 
 from perfwatch.common.families import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -58,6 +59,10 @@ SHARE_WINDOW = 0.2
 # Weight of the last run's wait in the smoothed wait: low, so that one run preempted by another
 # process (time runnable but not running counts as waiting) does not move a collector.
 SMOOTHING = 0.2
+# ... and it must have slept in this many of its runs in a row: a collector that sleeps once in a
+# while (a page fault waiting for the disk, a kernel mutex) stays, and over weeks of uptime such
+# one-off sleeps would have moved one collector after another.
+WAIT_STREAK = 3
 
 T = TypeVar("T")
 
@@ -138,6 +143,7 @@ class CollectorSet:
         self._last_error: dict[str, str] = {}
         # Smoothed wait per collector, from its runs in the request's thread; the ones that wait.
         self._wait: dict[str, float] = {}
+        self._streak: dict[str, int] = {}  # runs in a row that slept, per collector
         self.waiting: set[str] = set()
         self._waits: list[tuple[str, float]] = []  # this collection's (collector, wait), in the request's thread
         self._workers = workers
@@ -196,9 +202,13 @@ class CollectorSet:
         for i, collector in enumerate(collectors):
             if i in queued:
                 continue
+            # A pool thread still running takes the GIL from this one at every switch interval:
+            # waiting for it back is a sleep too, and it moved one collector after another.
+            alone = all(future.done() for _, future in pending)
             families, seconds, waited = self._timed(collector)
             results[i] = (families, seconds)
-            self._waits.append((collector.name, waited))
+            if alone:
+                self._waits.append((collector.name, waited))
         for i, future in pending:
             families, seconds, _ = future.result()
             results[i] = (families, seconds)
@@ -207,26 +217,34 @@ class CollectorSet:
     def _learn_waits(self) -> None:
         for name, waited in self._waits:
             # From 0: a first run's one-time waits (a helper thread starting, cold caches) count
-            # for a fifth, so they alone do not move a collector; a real wait of 5 ms or more does.
+            # for a fifth; a real wait of 5 ms or more, run after run, moves it.
             smoothed = self._wait.get(name, 0.0)
             smoothed += SMOOTHING * (waited - smoothed)
             self._wait[name] = smoothed
-            if smoothed >= self.wait_threshold and name not in self.waiting:
+            self._streak[name] = self._streak.get(name, 0) + 1 if waited > 0 else 0
+            if smoothed >= self.wait_threshold and self._streak[name] >= WAIT_STREAK and name not in self.waiting:
                 log.info("collector %s waits (%.1f ms a run): it runs on its own thread from now on",
                          name, smoothed * 1000)
                 self.waiting.add(name)
 
     def _timed(self, collector: Collector[Any]) -> tuple[list[Metric] | None, float, float]:
         """The collector's families (None: it failed), its wall time, and its wait: the part of the
-        wall time that was not this thread's CPU time, where that is most of it (0 otherwise).
+        wall time that was not this thread's CPU time, where the thread slept (a voluntary context
+        switch) and the wait is most of the run (0 otherwise).
 
-        A collector that computes can be preempted by another process for a few ms (time spent
-        runnable counts as not running); asking the wait to exceed the CPU time keeps such runs
-        out, while one that waits on the kernel (statvfs on NFS) uses almost no CPU meanwhile."""
-        start, cpu = time.perf_counter(), time.thread_time()
+        A collector that computes can be preempted by another process, or lose its vCPU to the
+        hypervisor (steal), for a few ms: neither is a sleep of its own, and asking the wait to
+        exceed the CPU time keeps the rest out. On this VM, a few seconds of steal moved every
+        collector to the pool when wall minus CPU time alone was asked for. One that waits on the
+        kernel (statvfs on NFS) sleeps and uses almost no CPU meanwhile."""
+        start, before = time.perf_counter(), getrusage(RUSAGE_THREAD)
         families = self._run(collector)
         seconds = time.perf_counter() - start
-        cpu = time.thread_time() - cpu
+        after = getrusage(RUSAGE_THREAD)
+        if after.ru_nvcsw == before.ru_nvcsw:
+            return families, seconds, 0.0
+        # utime + stime of one thread add up to its exact CPU time (the kernel scales the split).
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         waited = seconds - cpu
         return families, seconds, waited if waited > cpu else 0.0
 
