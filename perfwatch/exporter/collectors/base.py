@@ -170,11 +170,15 @@ READ_CHUNK = 64 * 1024
 SYSFS_ATTRIBUTE_MAX = os.sysconf("SC_PAGE_SIZE")
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, *, dir_fd: int | None = None, size: int | None = None) -> bytes:
+    """The file at `path` (relative to `dir_fd` if given), read to its end, or in one read of at
+    most `size` bytes where the caller knows one read returns it whole (a sysfs attribute)."""
     # Plain os.read: half the cost of open()'s buffered text layer for a small /proc file, and
     # a scrape reads a few dozen of them. /proc files are read to EOF: one read may not hold all.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
+        if size is not None:
+            return os.read(fd, size)
         chunks = []
         while chunk := os.read(fd, READ_CHUNK):
             chunks.append(chunk)
@@ -221,28 +225,17 @@ class Directory:
 
     def read_text(self, name: str) -> str:
         """The file `name` of the directory, read to its end; an OSError names its full path."""
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
-            try:
-                chunks = []
-                while chunk := os.read(fd, READ_CHUNK):
-                    chunks.append(chunk)
-            finally:
-                os.close(fd)
-        except OSError as err:
-            raise type(err)(err.errno, err.strerror, os.path.join(self.path, name)) from None
-        return b"".join(chunks).decode("utf-8", "replace")
+        return self._read(name, None)
 
     def read_attribute(self, name: str) -> str:
         """A sysfs attribute of the directory, in one read: the kernel formats an attribute into one
         page at most and returns it whole from the first read (sysfs_kf_seq_show), so the read to
         its end that read_text does would only cost a second, empty read."""
+        return self._read(name, SYSFS_ATTRIBUTE_MAX)
+
+    def _read(self, name: str, size: int | None) -> str:
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
-            try:
-                data = os.read(fd, SYSFS_ATTRIBUTE_MAX)
-            finally:
-                os.close(fd)
+            data = read_bytes(name, dir_fd=self.fd, size=size)
         except OSError as err:
             raise type(err)(err.errno, err.strerror, os.path.join(self.path, name)) from None
         return data.decode("utf-8", "replace")
