@@ -6,6 +6,7 @@ side by side with node_exporter 1.5 (Debian's prometheus-node-exporter) where it
 from __future__ import annotations
 
 import ctypes
+import errno
 import math
 import os
 from pathlib import Path
@@ -168,6 +169,21 @@ def test_directory_reads_relative_to_itself_and_names_the_full_path_in_errors(tm
             assert raised.value.filename == str(tmp_path / "dev" / "speed")
     with pytest.raises(NotADirectoryError):
         Directory(str(tmp_path / "file"))
+
+
+def test_directory_reads_many_attributes_in_one_call(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "mtu").write_text("1500\n")
+    (tmp_path / "dev" / "ifalias").write_text("\n")
+    (tmp_path / "dev" / "queues").mkdir()  # read(2) of a directory: EISDIR, not in `missing`
+    with Directory(str(tmp_path / "dev")) as files:
+        assert files.read_attributes(["mtu", "speed", "ifalias"], (errno.ENOENT,)) == ["1500", None, ""]
+        with pytest.raises(FileNotFoundError) as raised:
+            files.read_attributes(["mtu", "speed"])
+        assert raised.value.filename == str(tmp_path / "dev" / "speed")
+        with pytest.raises(IsADirectoryError) as directory:
+            files.read_attributes(["queues"], (errno.ENOENT,))
+        assert directory.value.filename == str(tmp_path / "dev" / "queues")
 
 
 def test_directory_reads_this_hosts_sysfs_attributes_whole() -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
@@ -232,6 +232,28 @@ class Directory:
         page at most and returns it whole from the first read (sysfs_kf_seq_show), so the read to
         its end that read_text does would only cost a second, empty read."""
         return self._read(name, SYSFS_ATTRIBUTE_MAX)
+
+    def read_attributes(self, names: Sequence[str], missing: Collection[int] = ()) -> list[str | None]:
+        """Sysfs attributes of the directory, each in one read as read_attribute does, stripped of
+        surrounding whitespace: None for one whose read fails with an errno in `missing`; another
+        error names the file's full path. One call for a device's two dozen attributes: a loop of
+        read_attribute calls cost netclass twice the Python time of the reads themselves."""
+        out: list[str | None] = []
+        directory, flags, size = self.fd, os.O_RDONLY | os.O_CLOEXEC, SYSFS_ATTRIBUTE_MAX
+        for name in names:
+            try:
+                fd = os.open(name, flags, dir_fd=directory)
+                try:
+                    data = os.read(fd, size)
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                if err.errno in missing:
+                    out.append(None)
+                    continue
+                raise type(err)(err.errno, err.strerror, os.path.join(self.path, name)) from None
+            out.append(data.decode("utf-8", "replace").strip())
+        return out
 
     def _read(self, name: str, size: int | None) -> str:
         try:

@@ -40,6 +40,8 @@ NUMBERS = (
     ("protocol_type", "type", False),
 )
 _SKIPPED = (errno.ENOENT, errno.EINVAL, errno.EOPNOTSUPP)
+FILES = (*STRINGS, *(filename for _, filename, _ in NUMBERS))  # a device's files, read in one call
+OPERSTATE = STRINGS.index("operstate")
 
 
 @dataclasses.dataclass
@@ -49,15 +51,6 @@ class NetclassOptions:
                 "default none)."})
     ignore_invalid_speed: bool = dataclasses.field(default=False, metadata={
         "help": "Leave out node_network_speed_bytes where the speed is unknown (-1)."})
-
-
-def _read(directory: Directory, name: str) -> str | None:
-    try:
-        return directory.read_attribute(name).strip()
-    except OSError as err:
-        if err.errno in _SKIPPED:
-            return None
-        raise
 
 
 def _number(text: str) -> int:
@@ -97,11 +90,11 @@ class NetclassCollector(Collector[NetclassOptions]):
 
     def add_device(self, device: str, files: Directory, up: GaugeMetricFamily, info: GaugeMetricFamily,
                    families: dict[str, GaugeMetricFamily | CounterMetricFamily]) -> None:
-        strings = {name: _read(files, name) or "" for name in STRINGS}
-        up.add_metric([device], 1.0 if strings["operstate"] == "up" else 0.0)
-        info.add_metric([device, *(strings[name] for name in STRINGS)], 1.0)
-        for name, filename, _ in NUMBERS:
-            text = _read(files, filename)
+        values = files.read_attributes(FILES, _SKIPPED)
+        strings = [text or "" for text in values[:len(STRINGS)]]
+        up.add_metric([device], 1.0 if strings[OPERSTATE] == "up" else 0.0)
+        info.add_metric([device, *strings], 1.0)
+        for (name, filename, _), text in zip(NUMBERS, values[len(STRINGS):], strict=True):
             if text is None:
                 continue
             try:
