@@ -109,7 +109,7 @@ _headers: dict[tuple[str, str, str], tuple[str, str] | None] = {}
 # this size.
 _CACHE_LIMIT = 20_000
 # Per (sample name, label names, label values): the sample's line up to its value.
-_prefixes: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
+_prefixes: dict[tuple[str, ...], str] = {}
 _MISSING: Any = object()
 
 
@@ -146,33 +146,33 @@ def _render_family(family: Family, header: tuple[str, str], out: list[str]) -> b
     lines = [header[0]]
     moved: dict[str, list[str]] = {}
     fname = family.name
+    prefixes = _prefixes
     for sample in family.samples:
-        labels = sample.labels
-        value = sample.value
+        name, labels, value, timestamp = sample.name, sample.labels, sample.value, sample.timestamp
         text = repr(value) if type(value) is float and 0 <= value < 1e6 else format_value(value)
         if labels:
-            # The same series comes back at every scrape: its `name{labels} ` is made once.
-            key = (sample.name, tuple(labels), tuple(labels.values()))
-            prefix = _prefixes.get(key)
+            # The same series comes back at every scrape: its `name{labels} ` is made once. One
+            # tuple of the names then the values (as many of each) keys it.
+            key = (name, *labels, *labels.values())
+            prefix = prefixes.get(key)
             if prefix is None:
-                order = _label_order(key[1])
+                order = _label_order(tuple(labels))
                 if order is None:
                     return False
                 pairs = ",".join([f'{k}="{_escape_label_value(labels[k])}"' for k in order])
-                prefix = f"{sample.name}{{{pairs}}} "
-                if len(_prefixes) >= _CACHE_LIMIT * 5:
-                    _prefixes.clear()
-                _prefixes[key] = prefix
-            line = prefix + text
+                prefix = f"{name}{{{pairs}}} "
+                if len(prefixes) >= _CACHE_LIMIT * 5:
+                    prefixes.clear()
+                prefixes[key] = prefix
+            line = f"{prefix}{text}\n" if timestamp is None else f"{prefix}{text} {int(float(timestamp) * 1000):d}\n"
+        elif timestamp is None:
+            line = f"{name} {text}\n"
         else:
-            line = f"{sample.name} {text}"
-        if sample.timestamp is not None:
-            line += f" {int(float(sample.timestamp) * 1000):d}"
-        name = sample.name
+            line = f"{name} {text} {int(float(timestamp) * 1000):d}\n"
         if name.endswith(_OPENMETRICS_ONLY) and name[len(fname):] in _OPENMETRICS_ONLY:
-            moved.setdefault(name[len(fname):], []).append(line + "\n")
+            moved.setdefault(name[len(fname):], []).append(line)
         else:
-            lines.append(line + "\n")
+            lines.append(line)
     for extra, moved_lines in sorted(moved.items()):
         lines.append(f"# HELP {fname}{extra} {header[1]}\n# TYPE {fname}{extra} gauge\n")
         lines.extend(moved_lines)
