@@ -123,6 +123,13 @@ def test_perfwatch_families_are_prometheus_clients() -> None:
         gauge = module.GaugeMetricFamily("perfwatch_g", "G.", labels=["a", "b"], unit="bytes")
         gauge.add_metric(["1", "2"], 3.5)
         gauge.add_metric(["x"], 4, timestamp=17.5)  # fewer values than names: zip stops, as upstream
+        one = module.GaugeMetricFamily("perfwatch_one", "One.", labels=["device"])
+        one.add_metric(["eth0"], 1.0)
+        one.add_metric(["eth1", "extra"], 2.0)  # more values than names: the extra one is dropped
+        none = module.GaugeMetricFamily("perfwatch_none", "None.", labels=[])
+        none.add_metric(["ignored"], 3.0)
+        untyped_one = module.UnknownMetricFamily("perfwatch_uo", "UO.", labels=["cpu"])
+        untyped_one.add_metric(["0"], 5.0)
         counter = module.CounterMetricFamily("perfwatch_c_total", "C.", labels=["k"])
         counter.add_metric(["v"], 7, 1700000000.0)  # created, positionally
         counter.add_metric(["w"], 8, None, 12.0)
@@ -134,7 +141,7 @@ def test_perfwatch_families_are_prometheus_clients() -> None:
         raw.add_sample("perfwatch_r", {"l": "v"}, 9.0)
         histogram = module.Metric("perfwatch_h", "H.", "histogram")
         histogram.add_sample("perfwatch_h_bucket", {"le": "+Inf"}, 1)
-        return [gauge, counter, created, unknown, info, raw, histogram]
+        return [gauge, one, none, untyped_one, counter, created, unknown, info, raw, histogram]
 
     mine, theirs = build(ours), build(prometheus_client_core)
 
@@ -143,7 +150,7 @@ def test_perfwatch_families_are_prometheus_clients() -> None:
 
     assert [shape(f) for f in mine] == [shape(f) for f in theirs]
     assert reference(mine) == reference(theirs) == render_families(mine)
-    assert mine[0] == build(ours)[0] and mine[0] != mine[1]
+    assert mine[0] == build(ours)[0] and mine[0] != mine[4]
 
 
 @pytest.mark.parametrize("make", [
