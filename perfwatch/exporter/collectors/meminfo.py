@@ -5,10 +5,26 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from perfwatch.common.families import Metric
-from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, gauge, parsing, read_text, register
+from perfwatch.common.families import GaugeMetricFamily, Metric
+from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, parsing, read_text, register
 
 _PARENS = re.compile(r"\((.*)\)")
+
+
+class _Suffixes(dict[str, str]):
+    """A meminfo key with its colon ("Active(anon):") → the metric's suffix ("Active_anon"), made on
+    first sight: the kernel writes the same fifty-odd keys at every scrape, and the regex was
+    most of the parse's time. Bounded, in case a file keeps inventing keys."""
+
+    def __missing__(self, key: str) -> str:
+        suffix = _PARENS.sub(r"_\1", key[:-1])  # drop the ':'
+        if len(self) >= 1000:
+            self.clear()
+        self[key] = suffix
+        return suffix
+
+
+_suffixes = _Suffixes()
 
 
 def parse_meminfo(text: str) -> dict[str, float]:
@@ -19,14 +35,13 @@ def parse_meminfo(text: str) -> dict[str, float]:
         parts = line.split()
         if not parts:
             continue
-        key = _PARENS.sub(r"_\1", parts[0][:-1])  # drop the ':'
-        value = float(parts[1])
+        key = _suffixes[parts[0]]
         if len(parts) == 3:  # has a unit: always kB
-            value *= 1024
-            key += "_bytes"
-        elif len(parts) != 2:
+            out[key + "_bytes"] = float(parts[1]) * 1024
+        elif len(parts) == 2:
+            out[key] = float(parts[1])
+        else:
             raise ValueError(f"invalid line {line!r}")
-        out[key] = value
     return out
 
 
@@ -41,4 +56,4 @@ class MeminfoCollector(Collector[NoOptions]):
         with parsing(path):
             fields = parse_meminfo(read_text(path))
         for key, value in fields.items():
-            yield gauge(f"memory_{key}", f"Memory information field {key}.", value, namespace=NODE)
+            yield GaugeMetricFamily(f"{NODE}_memory_{key}", f"Memory information field {key}.", value)
