@@ -102,18 +102,19 @@ class PerfCollector(Collector[PerfOptions]):
         ratio = gauge("perf_event_running_ratio", "Share of the last interval the counter was on the PMU "
                       "(1: counted throughout; <1: multiplexed, the value is scaled).", labels=["event", "cpu"])
         refused = {name for (name, _), err in self.failed.items() if pe.classify(err) == "denied"}
+        cpus = [(cpu, str(cpu)) for cpu in sorted(self.active)]
         for event in self.events:
-            family = counter(event.metric, event.help, labels=["cpu"])
             is_open = False
-            for cpu in sorted(self.active):
-                found = self.slots.get((event.name, cpu))
-                if found is None:
-                    continue
-                family.add_metric([str(cpu)], found.total * event.scale)
-                if found.fd is not None:
-                    is_open = True
-                    ratio.add_metric([event.name, str(cpu)], found.ratio)
-            if family.samples:
+            # Most events of a VM or a container never open: no family for them (they had none
+            # anyway, being empty), and no cost of one.
+            found = [(label, self.slots[key]) for cpu, label in cpus if (key := (event.name, cpu)) in self.slots]
+            if found:
+                family = counter(event.metric, event.help, labels=["cpu"])
+                for label, slot in found:
+                    family.add_metric([label], slot.total * event.scale)
+                    if slot.fd is not None:
+                        is_open = True
+                        ratio.add_metric([event.name, label], slot.ratio)
                 yield family
             supported.add_metric([event.name], 1.0 if is_open else 0.0)
             denied.add_metric([event.name], 1.0 if event.name in refused and not is_open else 0.0)
