@@ -143,8 +143,9 @@ def _header(family: Family) -> tuple[str, str] | None:
 
 def _render_family(family: Family, header: tuple[str, str], out: list[str]) -> bool:
     """Append `family`'s text to `out`; False (and nothing appended) if a label name needs escaping."""
-    lines = [header[0]]
-    moved: dict[str, list[str]] = {}
+    mark = len(out)
+    out.append(header[0])
+    moved: dict[str, list[str]] | None = None  # made only for the rare family that needs it
     fname = family.name
     prefixes = _prefixes
     for sample in family.samples:
@@ -158,6 +159,7 @@ def _render_family(family: Family, header: tuple[str, str], out: list[str]) -> b
             if prefix is None:
                 order = _label_order(tuple(labels))
                 if order is None:
+                    del out[mark:]
                     return False
                 pairs = ",".join([f'{k}="{_escape_label_value(labels[k])}"' for k in order])
                 prefix = f"{name}{{{pairs}}} "
@@ -169,14 +171,17 @@ def _render_family(family: Family, header: tuple[str, str], out: list[str]) -> b
             line = f"{name} {text}\n"
         else:
             line = f"{name} {text} {int(float(timestamp) * 1000):d}\n"
-        if name.endswith(_OPENMETRICS_ONLY) and name[len(fname):] in _OPENMETRICS_ONLY:
+        # A gauge's samples carry the family's own name object: the identity test spares them the rest.
+        if name is not fname and name.endswith(_OPENMETRICS_ONLY) and name[len(fname):] in _OPENMETRICS_ONLY:
+            if moved is None:
+                moved = {}
             moved.setdefault(name[len(fname):], []).append(line)
         else:
-            lines.append(line)
-    for extra, moved_lines in sorted(moved.items()):
-        lines.append(f"# HELP {fname}{extra} {header[1]}\n# TYPE {fname}{extra} gauge\n")
-        lines.extend(moved_lines)
-    out.extend(lines)
+            out.append(line)
+    if moved:
+        for extra, moved_lines in sorted(moved.items()):
+            out.append(f"# HELP {fname}{extra} {header[1]}\n# TYPE {fname}{extra} gauge\n")
+            out.extend(moved_lines)
     return True
 
 
