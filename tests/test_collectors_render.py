@@ -111,7 +111,11 @@ def test_names_that_need_escaping_are_escaped_like_generate_latest() -> None:
     counter = CounterMetricFamily("perfwatch_ünïcödé", "Créé.", labels=["ß"])
     counter.add_metric(["v"], 6, created=1700000000.5, timestamp=1700000001.25)
     info = InfoMetricFamily("perfwatch-host", "Host.", value={"host-name": "a"})
-    families: list[Metric] = [dotted, odd_label, colon_label, digit, counter, info,
+    # Fine samples first, then one whose label name needs escaping: what was written goes again, escaped.
+    late = Metric("perfwatch_late", "The third sample's label needs escaping.", "gauge")
+    for labels in ({"a": "1"}, {"a": "2"}, {"a-b": "3"}, {"a": "4"}):
+        late.add_sample("perfwatch_late", labels, 1.0)
+    families: list[Metric] = [dotted, odd_label, colon_label, late, digit, counter, info,
                               GaugeMetricFamily("perfwatch_fine", "Fine.", value=2)]
     assert render_families(families) == reference(families)
 
