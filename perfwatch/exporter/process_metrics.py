@@ -13,6 +13,7 @@ import resource
 from collections.abc import Iterator
 
 from perfwatch.common.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from perfwatch.exporter.collectors.base import read_bytes
 
 
 class ProcessMetrics:
@@ -38,9 +39,8 @@ class ProcessMetrics:
             return
         me = os.path.join(self.proc, "self")
         try:
-            with open(os.path.join(me, "stat"), "rb") as stat:
-                # Fields after the command name, which may hold spaces and ')': field 3 (state) is [0].
-                fields = stat.read().rpartition(b")")[2].split()
+            # Fields after the command name, which may hold spaces and ')': field 3 (state) is [0].
+            fields = read_bytes(os.path.join(me, "stat")).rpartition(b")")[2].split()
         except OSError:
             fields = []
         if fields:
@@ -55,12 +55,11 @@ class ProcessMetrics:
                                       value=float(fields[11]) / self.ticks + float(fields[12]) / self.ticks)
         try:
             max_fds = math.nan
-            with open(os.path.join(me, "limits"), "rb") as limits:
-                for line in limits:
-                    if line.startswith(b"Max open files"):
-                        soft = line.split()[3]
-                        max_fds = math.inf if soft == b"unlimited" else float(soft)
-                        break
+            for line in read_bytes(os.path.join(me, "limits")).splitlines():
+                if line.startswith(b"Max open files"):
+                    soft = line.split()[3]
+                    max_fds = math.inf if soft == b"unlimited" else float(soft)
+                    break
             open_fds = len(os.listdir(os.path.join(me, "fd")))
         except OSError:
             return
