@@ -192,3 +192,15 @@ def test_process_limits_are_reread_after_a_minute(tmp_path: Path) -> None:
     assert pid_max() == 32768  # not read again at every scrape
     collector._limits_read_at -= LIMITS_MAX_AGE
     assert pid_max() == 4194304
+
+
+def test_matches_answers_as_the_regex_and_remembers_each_key() -> None:
+    import re
+
+    from perfwatch.exporter.collectors.base import Matches
+
+    selected = Matches(re.compile(r"(oom_kill|pg.*fault)$"))
+    assert [selected[k] for k in ("pgfault", "pgmajfault", "oom_kill", "nr_free_pages", "oom_kill_x")] == [
+        True, True, True, False, False]
+    assert selected == {"pgfault": True, "pgmajfault": True, "oom_kill": True, "nr_free_pages": False,
+                        "oom_kill_x": False}

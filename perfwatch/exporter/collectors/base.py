@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
@@ -260,6 +261,23 @@ class Directory:
         except OSError as err:
             raise type(err)(err.errno, err.strerror, os.path.join(self.path, name)) from None
         return data.decode("utf-8", "replace")
+
+
+class Matches(dict[str, bool]):
+    """Whether `pattern` matches a key, found once per key: a /proc file repeats the same keys at
+    every scrape (vmstat's 180-odd), and a dict lookup costs a tenth of a regex match. Bounded,
+    in case a file keeps inventing keys."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def __missing__(self, key: str) -> bool:
+        matched = self.pattern.match(key) is not None
+        if len(self) >= 10_000:
+            self.clear()
+        self[key] = matched
+        return matched
 
 
 class parsing:  # noqa: N801 - used as a function: `with parsing(path):`

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from perfwatch.common.config import Regex
 from perfwatch.common.families import Metric
-from perfwatch.exporter.collectors.base import Collector, parsing, read_text, register, untyped
+from perfwatch.exporter.collectors.base import Collector, Matches, parsing, read_text, register, untyped
 
 
 @dataclasses.dataclass
@@ -24,7 +24,7 @@ class VmstatCollector(Collector[VmstatOptions]):
     node_collectors = ("vmstat",)
 
     def setup(self) -> None:
-        self.fields = self.options.fields.compiled
+        self.selected = Matches(self.options.fields.compiled)
 
     def collect(self) -> Iterator[Metric]:
         # Untyped and raw, as node_exporter exposes them: its users' queries see the same.
@@ -32,5 +32,5 @@ class VmstatCollector(Collector[VmstatOptions]):
         with parsing(path):
             for line in read_text(path).splitlines():
                 key, _, value = line.partition(" ")
-                if self.fields.match(key):
+                if self.selected[key]:
                     yield untyped(f"vmstat_{key}", f"/proc/vmstat information field {key}.", float(value))
