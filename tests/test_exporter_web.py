@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 
 import psutil
@@ -117,3 +119,21 @@ def test_a_malformed_accept_encoding_gets_plain_text() -> None:
         server.stop()
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\nbody\n")
     assert b"Content-Encoding" not in answer
+
+
+def test_a_gzip_answer_is_one_gzip_member_of_the_body_in_one_send() -> None:
+    body = b"".join(b"perfwatch_x{i=\"%d\"} %d\n" % (i, i) for i in range(2000))
+    server = WebServer("127.0.0.1", 0, {"/m": lambda _r: Response(200, body, compressible=True)}, server_name="test")
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall(b"GET /m HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := client.recv(1 << 20):
+                answer += chunk
+    finally:
+        server.stop()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert b"Content-Encoding: gzip" in head and f"Content-Length: {len(payload)}".encode() in head
+    assert payload[:2] == b"\x1f\x8b" and gzip.decompress(payload) == body
+    assert zlib.decompress(payload, wbits=31) == body  # one member: what Go's reader and Prometheus read
