@@ -9,10 +9,11 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 from perfwatch.common.config import Duration, Regex
 from perfwatch.common.families import GaugeMetricFamily, Metric
-from perfwatch.exporter.collectors.base import NODE, Collector, gauge, read_text, register
+from perfwatch.exporter.collectors.base import NODE, Collector, Matches, gauge, read_text, register
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +22,11 @@ _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
 def unescape(field: str) -> str:
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+    # Most fields hold no escape (a space is \040): no regex for them.
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field) if "\\" in field else field
 
 
-@dataclasses.dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):  # a tuple: a frozen dataclass cost 2 µs per mount line and scrape
     device: str
     mountpoint: str
     fstype: str
@@ -143,8 +144,8 @@ class FilesystemCollector(Collector[FilesystemOptions]):
     node_collectors = ("filesystem",)
 
     def setup(self) -> None:
-        self.mount_points_exclude = self.options.mount_points_exclude.compiled
-        self.fs_types_exclude = self.options.fs_types_exclude.compiled
+        self.mount_point_excluded = Matches(self.options.mount_points_exclude.compiled)
+        self.fs_type_excluded = Matches(self.options.fs_types_exclude.compiled)
         self.runner = StatvfsRunner(self.options.statvfs_timeout)
         self.failing: set[str] = set()  # mount points whose statvfs() failed last time
 
@@ -158,8 +159,7 @@ class FilesystemCollector(Collector[FilesystemOptions]):
         out = []
         for mount in parse_mounts(text):
             key = (mount.device, mount.mountpoint)
-            if key in seen or self.fs_types_exclude.match(mount.fstype) \
-                    or self.mount_points_exclude.match(mount.mountpoint):
+            if key in seen or self.fs_type_excluded[mount.fstype] or self.mount_point_excluded[mount.mountpoint]:
                 continue
             seen.add(key)
             out.append(mount)
