@@ -12,8 +12,8 @@ import dataclasses
 from collections.abc import Callable, Iterator
 
 from perfwatch.common.config import Regex
-from perfwatch.common.families import Metric
-from perfwatch.exporter.collectors.base import Collector, parsing, read_text, register, untyped
+from perfwatch.common.families import Metric, UnknownMetricFamily
+from perfwatch.exporter.collectors.base import NODE, Collector, parsing, read_text, register
 
 # node_exporter 1.5's default, unchanged in later releases.
 DEFAULT_FIELDS = (r"^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)"
@@ -30,21 +30,23 @@ class NetstatOptions:
 
 # A field: its protocol and name ("TcpExt", "ListenDrops"), or None where `fields` leaves it out.
 Field = tuple[str, str] | None
+# A names line's values: how many there are, and the index and field of each selected one.
+Selected = tuple[int, list[tuple[int, tuple[str, str]]]]
 
 
-def parse_pairs(text: str, fields_of: dict[str, list[Field]], found: dict[tuple[str, str], str]) -> None:
+def parse_pairs(text: str, fields_of: dict[str, Selected], found: dict[tuple[str, str], str]) -> None:
     """The selected values of a netstat or snmp text into `found`. `fields_of` maps a names line
-    to its fields: the kernel writes the same names lines at every scrape, so each is split and
-    matched against the regex once (`fields_of` is filled by the caller's `select`)."""
+    to its selected fields: the kernel writes the same names lines at every scrape, so each is
+    split and matched against the regex once (`fields_of` is filled by the caller's `select`),
+    and a values line's hundred-odd values are not looked at one by one."""
     lines = text.splitlines()
     for names_line, values_line in zip(lines[::2], lines[1::2], strict=False):
-        fields = fields_of[names_line]
+        count, selected = fields_of[names_line]
         values = values_line.split(" ")
-        if len(values) != len(fields):
+        if len(values) != count:
             raise ValueError(f"field count mismatch for {values[0][:-1]}")
-        for field, value in zip(fields, values, strict=True):
-            if field is not None:
-                found[field] = value
+        for index, field in selected:
+            found[field] = values[index]
 
 
 def parse_snmp6(text: str, field_of: dict[str, Field], found: dict[tuple[str, str], str]) -> None:
@@ -58,22 +60,21 @@ def parse_snmp6(text: str, field_of: dict[str, Field], found: dict[tuple[str, st
             found[field] = parts[1].strip()
 
 
-class _Selection(dict[str, list[Field]]):
-    """names line → its fields, each selected by the regex or None; computed on first sight."""
+class _Selection(dict[str, Selected]):
+    """names line → its count of values and its fields the regex selects; computed on first sight."""
 
     def __init__(self, select: Callable[[str], bool]) -> None:
         super().__init__()
         self.select = select
 
-    def __missing__(self, names_line: str) -> list[Field]:
+    def __missing__(self, names_line: str) -> Selected:
         names = names_line.split(" ")
-        protocol = names[0][:-1]  # "TcpExt:"
-        fields: list[Field] = [None]  # the values line starts with the protocol too
-        fields += [(protocol, name) if self.select(f"{protocol}_{name}") else None for name in names[1:]]
+        protocol = names[0][:-1]  # "TcpExt:"; the values line starts with the protocol too
+        selected = [(i, (protocol, name)) for i, name in enumerate(names) if i and self.select(f"{protocol}_{name}")]
         if len(self) >= 1000:  # bounded: a kernel has a dozen names lines
             self.clear()
-        self[names_line] = fields
-        return fields
+        self[names_line] = (len(names), selected)
+        return self[names_line]
 
 
 class _Snmp6Selection(dict[str, Field]):
@@ -94,6 +95,17 @@ class _Snmp6Selection(dict[str, Field]):
         return field
 
 
+class _Texts(dict[tuple[str, str], tuple[str, str]]):
+    """(protocol, field) → its metric's name and help, made once each (untyped, as node_exporter)."""
+
+    def __missing__(self, key: tuple[str, str]) -> tuple[str, str]:
+        protocol, field = key
+        if len(self) >= 10_000:
+            self.clear()
+        texts = self[key] = (f"{NODE}_netstat_{protocol}_{field}", f"Statistic {protocol}{field}.")
+        return texts
+
+
 @register
 class NetstatCollector(Collector[NetstatOptions]):
     name = "netstat"
@@ -109,6 +121,7 @@ class NetstatCollector(Collector[NetstatOptions]):
 
         self.pairs = _Selection(select)
         self.snmp6 = _Snmp6Selection(select)
+        self.texts = _Texts()
 
     def collect(self) -> Iterator[Metric]:
         found: dict[tuple[str, str], str] = {}
@@ -123,5 +136,6 @@ class NetstatCollector(Collector[NetstatOptions]):
             text = ""
         with parsing(path):
             parse_snmp6(text, self.snmp6, found)
-            for (protocol, field), value in sorted(found.items()):
-                yield untyped(f"netstat_{protocol}_{field}", f"Statistic {protocol}{field}.", float(value))
+            for key, value in sorted(found.items()):
+                name, documentation = self.texts[key]
+                yield UnknownMetricFamily(name, documentation, float(value))
