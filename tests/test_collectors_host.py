@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 from support.exposition import names, value, values
 
-from perfwatch.exporter.collectors.filesystem import FilesystemOptions, parse_mounts
+from perfwatch.exporter.collectors.filesystem import FilesystemOptions, MountTable, parse_mounts
 
 if TYPE_CHECKING:
     from conftest import StartExporter
@@ -427,3 +428,39 @@ def test_tcpstat_netlink_and_proc_files_agree(start_exporter: StartExporter, tmp
         assert abs(by_netlink[state] - by_files[state]) <= 10, (state, by_netlink, by_files)
     assert by_netlink["listen"] >= 3 + 2 and by_netlink["established"] >= 10
     assert "sock_diag" not in netlink.service.log()  # it did not fall back
+
+
+def test_the_mount_table_is_read_again_when_the_kernel_says_it_changed(tmp_path: Path) -> None:
+    """A real mount and unmount (tmpfs; the tests run as root, as apt-get needs) between reads."""
+    target = tmp_path / "mnt"
+    target.mkdir()
+    table = MountTable(["/proc/self/mounts"])
+    try:
+        before = table.read()
+        assert table.read() is before  # nothing changed: the text kept, not read again
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "perfwatch-test", str(target)], check=True)
+        try:
+            mounted = table.read()
+            assert f"perfwatch-test {target} tmpfs" in mounted and mounted != before
+            assert table.read() is mounted
+        finally:
+            subprocess.run(["umount", str(target)], check=True)
+        after = table.read()
+        assert f"perfwatch-test {target}" not in after
+        assert [m.mountpoint for m in parse_mounts(after)] == [m.mountpoint for m in parse_mounts(before)]
+    finally:
+        table.close()
+
+
+def test_a_mount_table_in_a_regular_file_is_read_at_every_call(tmp_path: Path) -> None:
+    fake = tmp_path / "mounts"
+    fake.write_text("/dev/sda1 / ext4 rw 0 0\n")
+    table = MountTable([str(tmp_path / "absent"), str(fake)])  # the first that opens
+    try:
+        assert table.read() == "/dev/sda1 / ext4 rw 0 0\n"
+        fake.write_text("/dev/sda1 / ext4 rw 0 0\n/dev/sdb1 /srv xfs ro 0 0\n")
+        assert [m.mountpoint for m in parse_mounts(table.read())] == ["/", "/srv"]
+    finally:
+        table.close()
+    with pytest.raises(FileNotFoundError):
+        MountTable([str(tmp_path / "absent")]).read()

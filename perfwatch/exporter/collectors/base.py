@@ -179,13 +179,16 @@ def read_bytes(path: str, *, dir_fd: int | None = None, size: int | None = None)
     # a scrape reads a few dozen of them. /proc files are read to EOF: one read may not hold all.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        if size is not None:
-            return os.read(fd, size)
-        chunks = []
-        while chunk := os.read(fd, READ_CHUNK):
-            chunks.append(chunk)
+        return os.read(fd, size) if size is not None else read_to_end(fd)
     finally:
         os.close(fd)
+
+
+def read_to_end(fd: int) -> bytes:
+    """What is left of the open file `fd`, read until EOF."""
+    chunks = []
+    while chunk := os.read(fd, READ_CHUNK):
+        chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -7,13 +7,14 @@ import logging
 import os
 import queue
 import re
+import select
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from perfwatch.common.config import Duration, Regex
 from perfwatch.common.families import GaugeMetricFamily, Metric
-from perfwatch.exporter.collectors.base import NODE, Collector, Matches, gauge, read_text, register
+from perfwatch.exporter.collectors.base import NODE, Collector, Matches, gauge, read_to_end, register
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,57 @@ def parse_mounts(text: str) -> list[Mount]:
         if len(fields) >= 4:
             mounts.append(Mount(unescape(fields[0]), unescape(fields[1]), fields[2], fields[3]))
     return mounts
+
+
+class MountTable:
+    """A mount table file, read again only when it changed.
+
+    /proc/<pid>/mounts can be polled (proc(5)): a mount or unmount in its mount namespace marks
+    the open file with POLLPRI, and the poll clears the mark. Reading the table costs 0.2-0.3 ms
+    here (the kernel formats every mount), a poll 10 µs. A regular file in its place (a fake
+    procfs) cannot say that it changed, and is read at every call; the kernel's file tells itself
+    apart by its size, 0, though it reads as text."""
+
+    def __init__(self, candidates: Sequence[str]) -> None:
+        self.candidates = candidates  # the first that opens is read: init's table, else ours
+        self._fd: int | None = None
+        self._poll = select.poll()
+        self._pollable = False
+        self._text: str | None = None
+
+    def read(self) -> str:
+        if self._fd is None:
+            self._open()
+        elif self._pollable and self._text is not None and not self._poll.poll(0):
+            return self._text
+        assert self._fd is not None
+        try:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            self._text = read_to_end(self._fd).decode("utf-8", "replace")
+        except OSError:
+            self.close()  # opened afresh at the next call
+            raise
+        return self._text
+
+    def _open(self) -> None:
+        error: OSError | None = None
+        for path in self.candidates:
+            try:
+                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as err:
+                error = error or err
+                continue
+            self._pollable = os.fstat(self._fd).st_size == 0
+            self._poll.register(self._fd, select.POLLPRI | select.POLLERR)
+            return
+        assert error is not None
+        raise error
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._poll.unregister(self._fd)
+            os.close(self._fd)
+            self._fd, self._text = None, None
 
 
 class _Batch:
@@ -147,14 +199,12 @@ class FilesystemCollector(Collector[FilesystemOptions]):
         self.mount_point_excluded = Matches(self.options.mount_points_exclude.compiled)
         self.fs_type_excluded = Matches(self.options.fs_types_exclude.compiled)
         self.runner = StatvfsRunner(self.options.statvfs_timeout)
+        self.table = MountTable([self.paths.proc("1", "mounts"), self.paths.proc("self", "mounts")])
         self.failing: set[str] = set()  # mount points whose statvfs() failed last time
 
     def mounts(self) -> list[Mount]:
         """The host's mounts (init's mount namespace when we can see it), excluded ones left out."""
-        try:
-            text = read_text(self.paths.proc("1", "mounts"))
-        except OSError:
-            text = read_text(self.paths.proc("self", "mounts"))
+        text = self.table.read()
         seen = set()
         out = []
         for mount in parse_mounts(text):
@@ -211,3 +261,4 @@ class FilesystemCollector(Collector[FilesystemOptions]):
 
     def close(self) -> None:
         self.runner.close()
+        self.table.close()
