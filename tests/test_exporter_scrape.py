@@ -368,3 +368,42 @@ def test_an_exception_reaches_every_scrape_that_shared_the_call() -> None:
     for thread in threads:
         thread.join(10)
     assert errors == ["boom"] * 3 and shared.calls == 1
+
+
+class Recording(Collector[NoOptions]):
+    """Appends its collects to a shared log."""
+
+    description = "test"
+
+    def __init__(self, name: str, calls: list[str], *, start_fails: bool = False) -> None:
+        self.name = name  # type: ignore[misc]  # one class, several collectors
+        self.calls, self.start_fails = calls, start_fails
+        super().__init__(NoOptions(), HostPaths())
+
+    def collect(self) -> Iterator[Metric]:
+        self.calls.append(f"collect {self.name}")
+        yield gauge(self.name, "Test.", 1)
+
+
+class Starting(Recording):
+    """... and its starts; start() fails when told to."""
+
+    def start(self) -> None:
+        self.calls.append(f"start {self.name}")
+        time.sleep(0.05)  # counts in its duration
+        if self.start_fails:
+            raise OSError("cannot start")
+
+
+def test_start_runs_before_every_collect_of_each_collection_and_its_failure_fails_nothing() -> None:
+    calls: list[str] = []
+    collector_set = CollectorSet([Recording("a", calls), Starting("b", calls), Starting("c", calls, start_fails=True)])
+    for _ in range(2):
+        families = list(collector_set.collect())
+        text = render_families(families).decode()
+        assert 'node_scrape_collector_success{collector="c"} 1.0' in text  # its collect() worked
+        durations = {s.labels["collector"]: s.value for f in families
+                     if f.name == "node_scrape_collector_duration_seconds" for s in f.samples}
+        assert durations["b"] >= 0.05 and durations["c"] >= 0.05 and durations["a"] < 0.05
+    once = ["start b", "start c", "collect a", "collect b", "collect c"]
+    assert calls == once + once

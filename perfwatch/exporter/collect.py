@@ -19,6 +19,10 @@ Two things make a scrape cheaper than running the collectors one after the other
   wake-ups). Every collector runs in the request's thread until it is found to wait: it slept
   (a voluntary context switch) for longer than it ran, in a run while no pool thread was busy and
   in a collection no other scrape joined (other threads' hold on the GIL reads as sleeping too).
+- **Started early.** A collector that waits in a thread of its own (filesystem's statvfs, behind
+  a timeout for hung mounts) starts that at the beginning of each collection (Collector.start),
+  so the wait overlaps the other collectors and its collect() finds the answer ready; the time
+  start() takes counts in its duration.
 - **Shared collections.** A scrape that arrives while a collection is in progress, and no more
   than `share_window` (0.2 s) after it started, waits for it and gets its families: N scrapers
   that arrive together cost one collection, not N. A scrape that arrives later than that waits
@@ -137,6 +141,8 @@ class CollectorSet:
     def __init__(self, collectors: Sequence[Collector[Any]], *, workers: int = WORKERS,
                  share_window: float = SHARE_WINDOW, wait_threshold: float = WAIT_THRESHOLD) -> None:
         self.collectors = list(collectors)
+        # The collectors that start work at the beginning of a collection (Collector.start).
+        self._starting = [c for c in self.collectors if type(c).start is not Collector.start]
         self.wait_threshold = wait_threshold
         # One collection at a time: collectors keep state between scrapes (perf deltas).
         self._lock = threading.Lock()
@@ -165,6 +171,14 @@ class CollectorSet:
                                      "perfwatch-exporter: Duration of a collector scrape.", labels=["collector"])
         out: list[Metric] = []
         with self._lock:
+            starting: dict[str, float] = {}  # seconds in start(), part of the collector's duration
+            for collector in self._starting:
+                began = time.perf_counter()
+                try:
+                    collector.start()
+                except Exception:  # its collect() runs it again, and fails the collector if it fails
+                    log.debug("collector %s failed to start", collector.name, exc_info=True)
+                starting[collector.name] = time.perf_counter() - began
             # The textfile collector runs after the others and is told what they expose: a file's
             # metric may not clash with the exporter's own (runs_last, expose_after).
             early = [c for c in self.collectors if not c.runs_last]
@@ -182,7 +196,7 @@ class CollectorSet:
             self._waits.clear()
             for collector in self.collectors:
                 families, seconds = done[id(collector)]
-                duration.add_metric([collector.name], seconds)
+                duration.add_metric([collector.name], seconds + starting.get(collector.name, 0.0))
                 success.add_metric([collector.name], 0.0 if families is None else 1.0)
                 if families:
                     out.extend(families)
@@ -268,6 +282,7 @@ class CollectorSet:
         # would open its counters again.
         with self._lock:
             collectors, self.collectors = self.collectors, []
+            self._starting = []
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)

@@ -111,6 +111,12 @@ class Collector(ABC, Generic[OptionsT]):
     def collect(self) -> Iterable[Metric]:
         """Yield this scrape's metric families."""
 
+    def start(self) -> None:  # not abstract: only a collector that waits on a thread of its own needs it
+        """Called at the start of every collection, before any collector's collect(): a collector
+        whose answer waits on the kernel in a thread of its own (filesystem's statvfs) starts that
+        here, so that the wait overlaps the other collectors' work; its collect() then finds the
+        answer ready. collect() must work without it too (start() failed, or a test calls it)."""
+
     def expose_after(self, families: Sequence[Metric]) -> None:  # for runs_last collectors
         """What the other collectors expose in this scrape, before this one's collect()."""
 

@@ -103,6 +103,7 @@ class _Batch:
         self.current: str | None = None  # the path the worker is in statvfs() of
         self.abandoned = False
         self.done = threading.Event()
+        self.queue: queue.SimpleQueue[_Batch | None] | None = None  # the worker's it went to, if any
 
 
 class StatvfsRunner:
@@ -125,6 +126,10 @@ class StatvfsRunner:
 
     def run(self, paths: Sequence[str]) -> dict[str, os.statvfs_result | OSError | None]:
         """path → its statvfs result, the OSError it raised, or None (hung, or not reached in time)."""
+        return self.wait(self.submit(paths), paths)
+
+    def submit(self, paths: Sequence[str]) -> _Batch:
+        """Hand the statvfs calls of `paths` to the worker; wait() for them."""
         with self._lock:
             batch = _Batch([p for p in dict.fromkeys(paths) if p not in self.hung])
         if batch.paths:
@@ -132,17 +137,23 @@ class StatvfsRunner:
                 self._queue = queue.SimpleQueue()
                 threading.Thread(target=self._serve, args=(self._queue,), name="statvfs", daemon=True).start()
             self._queue.put(batch)
-            if not batch.done.wait(self.timeout):
-                with self._lock:
-                    batch.abandoned = True
-                    # The next scrape starts a new worker. This one ends at its next look at the
-                    # batch, or, if the hung call was the batch's last, at this None.
-                    self._queue.put(None)
+            batch.queue = self._queue
+        return batch
+
+    def wait(self, batch: _Batch, paths: Sequence[str]) -> dict[str, os.statvfs_result | OSError | None]:
+        """A submitted batch's results, as run() returns them, after at most the timeout."""
+        if batch.queue is not None and not batch.done.wait(self.timeout):
+            with self._lock:
+                batch.abandoned = True
+                # The next scrape starts a new worker. This one ends at its next look at the
+                # batch, or, if the hung call was the batch's last, at this None.
+                batch.queue.put(None)
+                if self._queue is batch.queue:
                     self._queue = None
-                    if batch.current is not None:
-                        self.hung.add(batch.current)
-                        log.warning("statvfs of %s did not return within %.1fs: reporting a device error "
-                                    "for it until it does", batch.current, self.timeout)
+                if batch.current is not None:
+                    self.hung.add(batch.current)
+                    log.warning("statvfs of %s did not return within %.1fs: reporting a device error "
+                                "for it until it does", batch.current, self.timeout)
         with self._lock:
             return {p: batch.results.get(p) for p in paths}
 
@@ -201,6 +212,7 @@ class FilesystemCollector(Collector[FilesystemOptions]):
         self.runner = StatvfsRunner(self.options.statvfs_timeout)
         self.table = MountTable([self.paths.proc("1", "mounts"), self.paths.proc("self", "mounts")])
         self.failing: set[str] = set()  # mount points whose statvfs() failed last time
+        self._started: tuple[list[Mount], list[str], _Batch] | None = None  # by start(), for collect()
 
     def mounts(self) -> list[Mount]:
         """The host's mounts (init's mount namespace when we can see it), excluded ones left out."""
@@ -215,14 +227,23 @@ class FilesystemCollector(Collector[FilesystemOptions]):
             out.append(mount)
         return out
 
-    def collect(self) -> Iterator[Metric]:
+    def start(self) -> None:
+        # The statvfs calls start now, in the runner's thread, and run while the other collectors
+        # do: collect() waited ~0.25 ms here for the two thread hand-offs of even one mount.
         mounts = self.mounts()
+        rootfs = self.paths.rootfs
+        paths = [os.path.join(rootfs, m.mountpoint.lstrip("/")) for m in mounts]
+        self._started = (mounts, paths, self.runner.submit(paths))
+
+    def collect(self) -> Iterator[Metric]:
+        if self._started is None:
+            self.start()
+        assert self._started is not None
+        (mounts, paths, batch), self._started = self._started, None
         # Forget failures of mounts that went away: over months, containers and automounts come
         # and go, and a set that only grows is a leak.
         self.failing &= {m.mountpoint for m in mounts}
-        rootfs = self.paths.rootfs
-        paths = [os.path.join(rootfs, m.mountpoint.lstrip("/")) for m in mounts]
-        stats = self.runner.run(paths)
+        stats = self.runner.wait(batch, paths)
         labels = ["device", "mountpoint", "fstype"]
 
         def family(name: str, doc: str) -> GaugeMetricFamily:
