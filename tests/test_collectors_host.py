@@ -464,3 +464,30 @@ def test_a_mount_table_in_a_regular_file_is_read_at_every_call(tmp_path: Path) -
         table.close()
     with pytest.raises(FileNotFoundError):
         MountTable([str(tmp_path / "absent")]).read()
+
+
+def test_stat_files_stay_open_while_their_process_lives_and_close_when_it_exits() -> None:
+    from perfwatch.exporter.collectors.processes import StatFiles
+
+    files = StatFiles(limit=2)
+    children = [subprocess.Popen(["sleep", "30"]) for _ in range(3)]
+    try:
+        paths = [f"/proc/{child.pid}/stat" for child in children]
+        for _ in range(2):  # the second round reads the kept files again
+            lines = [files.read(path) for path in paths]
+            assert all(line is not None and line.startswith(f"{c.pid} (sleep) ".encode())
+                       for line, c in zip(lines, children, strict=True))
+            files.sweep()
+            assert sorted(files.open) == sorted(paths[:2])  # the limit: the third is opened and closed
+        children[0].kill()
+        children[0].wait()  # reaped: the kept file now reads ESRCH, and is closed
+        assert files.read(paths[0]) is None and paths[0] not in files.open
+        files.read(paths[2])
+        files.sweep()  # paths[1] was not read since the last sweep: closed; paths[2] took the free place
+        assert sorted(files.open) == [paths[2]]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+        files.close()
+    assert files.open == {}
