@@ -166,11 +166,9 @@ def _render_family(family: Family, header: tuple[str, str], out: list[str]) -> b
                 if len(prefixes) >= _CACHE_LIMIT * 5:
                     prefixes.clear()
                 prefixes[key] = prefix
-            line = f"{prefix}{text}\n" if timestamp is None else f"{prefix}{text} {int(float(timestamp) * 1000):d}\n"
-        elif timestamp is None:
-            line = f"{name} {text}\n"
         else:
-            line = f"{name} {text} {int(float(timestamp) * 1000):d}\n"
+            prefix = f"{name} "
+        line = f"{prefix}{text}\n" if timestamp is None else f"{prefix}{text} {int(float(timestamp) * 1000):d}\n"
         # A gauge's samples carry the family's own name object: the identity test spares them the rest.
         if name is not fname and name.endswith(_OPENMETRICS_ONLY) and name[len(fname):] in _OPENMETRICS_ONLY:
             if moved is None:

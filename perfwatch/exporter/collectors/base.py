@@ -37,7 +37,7 @@ import dataclasses
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 from perfwatch.common.families import (
@@ -73,6 +73,8 @@ class NoOptions:
 
 
 OptionsT = TypeVar("OptionsT")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class Collector(ABC, Generic[OptionsT]):
@@ -250,14 +252,9 @@ class Directory:
         error names the file's full path. One call for a device's two dozen attributes: a loop of
         read_attribute calls cost netclass twice the Python time of the reads themselves."""
         out: list[str | None] = []
-        directory, flags, size = self.fd, os.O_RDONLY | os.O_CLOEXEC, SYSFS_ATTRIBUTE_MAX
         for name in names:
             try:
-                fd = os.open(name, flags, dir_fd=directory)
-                try:
-                    data = os.read(fd, size)
-                finally:
-                    os.close(fd)
+                data = read_bytes(name, dir_fd=self.fd, size=SYSFS_ATTRIBUTE_MAX)
             except OSError as err:
                 if err.errno in missing:
                     out.append(None)
@@ -274,21 +271,28 @@ class Directory:
         return data.decode("utf-8", "replace")
 
 
-class Matches(dict[str, bool]):
-    """Whether `pattern` matches a key, found once per key: a /proc file repeats the same keys at
-    every scrape (vmstat's 180-odd), and a dict lookup costs a tenth of a regex match. Bounded,
-    in case a file keeps inventing keys."""
+class Memo(dict[K, V]):
+    """key → compute(key), computed once per key: a /proc file repeats the same keys at every
+    scrape, and a dict lookup costs a fraction of a regex or of building the same names again.
+    Starts over past `limit` keys, in case a file keeps inventing them."""
+
+    def __init__(self, compute: Callable[[K], V], limit: int = 10_000) -> None:
+        super().__init__()
+        self.compute, self.limit = compute, limit
+
+    def __missing__(self, key: K) -> V:
+        value = self.compute(key)
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+        return value
+
+
+class Matches(Memo[str, bool]):
+    """Whether `pattern` matches a key (vmstat's 180-odd keys, mount points), asked once per key."""
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
-        super().__init__()
-        self.pattern = pattern
-
-    def __missing__(self, key: str) -> bool:
-        matched = self.pattern.match(key) is not None
-        if len(self) >= 10_000:
-            self.clear()
-        self[key] = matched
-        return matched
+        super().__init__(lambda key: pattern.match(key) is not None)
 
 
 class parsing:  # noqa: N801 - used as a function: `with parsing(path):`

@@ -6,25 +6,15 @@ import re
 from collections.abc import Iterator
 
 from perfwatch.common.families import GaugeMetricFamily, Metric
-from perfwatch.exporter.collectors.base import NODE, Collector, NoOptions, parsing, read_text, register
+from perfwatch.exporter.collectors.base import NODE, Collector, Memo, NoOptions, parsing, read_text, register
 
 _PARENS = re.compile(r"\((.*)\)")
 
 
-class _Suffixes(dict[str, str]):
-    """A meminfo key with its colon ("Active(anon):") → the metric's suffix ("Active_anon"), made on
-    first sight: the kernel writes the same fifty-odd keys at every scrape, and the regex was
-    most of the parse's time. Bounded, in case a file keeps inventing keys."""
-
-    def __missing__(self, key: str) -> str:
-        suffix = _PARENS.sub(r"_\1", key[:-1])  # drop the ':'
-        if len(self) >= 1000:
-            self.clear()
-        self[key] = suffix
-        return suffix
-
-
-_suffixes = _Suffixes()
+# A meminfo key with its colon ("Active(anon):") → the metric's suffix ("Active_anon"), made once
+# per key: the kernel writes the same fifty-odd keys at every scrape, and the regex was most of
+# the parse's time.
+_suffixes: Memo[str, str] = Memo(lambda key: _PARENS.sub(r"_\1", key[:-1]), limit=1000)
 
 
 def parse_meminfo(text: str) -> dict[str, float]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 from perfwatch.common.config import Regex
 from perfwatch.common.families import Metric, UnknownMetricFamily
-from perfwatch.exporter.collectors.base import NODE, Collector, parsing, read_text, register
+from perfwatch.exporter.collectors.base import NODE, Collector, Memo, parsing, read_text, register
 
 # node_exporter 1.5's default, unchanged in later releases.
 DEFAULT_FIELDS = (r"^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)"
@@ -95,15 +95,10 @@ class _Snmp6Selection(dict[str, Field]):
         return field
 
 
-class _Texts(dict[tuple[str, str], tuple[str, str]]):
-    """(protocol, field) → its metric's name and help, made once each (untyped, as node_exporter)."""
-
-    def __missing__(self, key: tuple[str, str]) -> tuple[str, str]:
-        protocol, field = key
-        if len(self) >= 10_000:
-            self.clear()
-        texts = self[key] = (f"{NODE}_netstat_{protocol}_{field}", f"Statistic {protocol}{field}.")
-        return texts
+def _texts(key: tuple[str, str]) -> tuple[str, str]:
+    """(protocol, field) → its metric's name and help (untyped, as node_exporter)."""
+    protocol, field = key
+    return f"{NODE}_netstat_{protocol}_{field}", f"Statistic {protocol}{field}."
 
 
 @register
@@ -121,7 +116,7 @@ class NetstatCollector(Collector[NetstatOptions]):
 
         self.pairs = _Selection(select)
         self.snmp6 = _Snmp6Selection(select)
-        self.texts = _Texts()
+        self.texts = Memo(_texts)  # made once per field
 
     def collect(self) -> Iterator[Metric]:
         found: dict[tuple[str, str], str] = {}
